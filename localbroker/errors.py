@@ -1,0 +1,107 @@
+"""Errors raised by localbroker.
+
+Every error derives from one root, so ``except LocalBrokerError`` catches them all::
+
+    LocalBrokerError
+    ├── ConfigurationError        bad option, URL or environment value
+    ├── BrokerStateError          broker not started, already closed, directory in use
+    │   └── LogLockedError        another process holds the log directory's writer lock
+    ├── CorruptLogError           a record's checksum or framing is wrong (names segment and position)
+    ├── SerializationError        an event that cannot be encoded or decoded
+    ├── NotFoundError             unknown subscriber, DLQ entry, chain or offset
+    ├── RejectEvent               raised by a handler: do not retry, dead-letter now
+    ├── SyncError                 a sync target (Redis, MongoDB) failed; ``retriable`` says if it may pass
+    └── ArchiveError              the archive (S3) failed; ``retriable`` says if it may pass
+
+``retriable`` is a class attribute that retry loops read instead of matching on types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ArchiveError",
+    "BrokerStateError",
+    "ConfigurationError",
+    "CorruptLogError",
+    "LocalBrokerError",
+    "LogLockedError",
+    "NotFoundError",
+    "RejectEvent",
+    "SerializationError",
+    "SyncError",
+]
+
+
+class LocalBrokerError(Exception):
+    """Root of every error localbroker raises."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(LocalBrokerError, ValueError):
+    """An option, URL or environment variable has a value localbroker cannot use."""
+
+
+class BrokerStateError(LocalBrokerError):
+    """The broker is not in a state that allows the call (not started, closed, ...)."""
+
+
+class LogLockedError(BrokerStateError):
+    """Another process holds the writer lock on the log directory."""
+
+    def __init__(self, directory: Path | str, holder: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.holder = holder
+        who = f" (held by {holder})" if holder else ""
+        super().__init__(
+            f"log directory {self.directory} is already open for writing by another process{who}; "
+            "open it read-only, or stop the other broker first"
+        )
+
+
+class CorruptLogError(LocalBrokerError):
+    """A record in the commit log failed its checksum or framing check.
+
+    Names the segment file and the byte position of the bad record, so an operator can
+    inspect it (``localbroker verify DIR``).
+    """
+
+    def __init__(self, segment: Path | str, position: int, reason: str) -> None:
+        self.segment = Path(segment)
+        self.position = position
+        self.reason = reason
+        super().__init__(f"corrupt record in {self.segment} at byte {position}: {reason}")
+
+
+class SerializationError(LocalBrokerError, TypeError):
+    """An event could not be encoded to, or decoded from, its stored JSON form."""
+
+
+class NotFoundError(LocalBrokerError, LookupError):
+    """A subscriber, DLQ entry, chain or offset that does not exist was asked for."""
+
+
+class RejectEvent(LocalBrokerError):
+    """Raise from a handler to send the event straight to the DLQ, without retrying.
+
+    Example::
+
+        @broker.subscriber("order.placed", name="billing")
+        async def bill(event: OrderPlaced) -> None:
+            if event.amount < 0:
+                raise RejectEvent("negative amount")
+    """
+
+
+class SyncError(LocalBrokerError):
+    """A sync target (Redis Streams, MongoDB) failed."""
+
+    retriable = True
+
+
+class ArchiveError(LocalBrokerError):
+    """The archive (S3) failed."""
+
+    retriable = True

@@ -1,0 +1,1 @@
+"""Mirror the local log to Redis Streams and MongoDB (filled by the sync issue)."""
