@@ -1,5 +1,27 @@
-"""localbroker: a local-first, embedded event broker for Python."""
+"""localbroker: a local-first, embedded event broker for Python.
 
+Example::
+
+    from localbroker import Broker, Event
+
+    class UserCreated(Event, topic="user.created"):
+        user_id: str
+
+    broker = Broker("./data")
+
+    @broker.subscriber("user.created", name="email")
+    async def welcome(event: UserCreated) -> None: ...
+
+    async with broker:
+        await broker.publish(UserCreated(user_id="u1"))
+"""
+
+from localbroker.broker.broker import Broker, Extension
+from localbroker.broker.chains import Chain, ChainNode, DeliveryState
+from localbroker.broker.context import chain_scope
+from localbroker.broker.delivery import DeliveryContext
+from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.config import BrokerConfig, FsyncPolicy, RetryPolicy, StartFrom
 from localbroker.errors import (
     ArchiveError,
     BrokerStateError,
@@ -12,16 +34,36 @@ from localbroker.errors import (
     SerializationError,
     SyncError,
 )
+from localbroker.events import Command, Event, GenericEvent, PublishResult
+from localbroker.state.store import DLQEntry, ErrorRecord
 
 __all__ = [
     "ArchiveError",
+    "Broker",
+    "BrokerConfig",
     "BrokerStateError",
+    "Chain",
+    "ChainNode",
+    "Command",
     "ConfigurationError",
     "CorruptLogError",
+    "DLQEntry",
+    "DeadLetterQueue",
+    "DeliveryContext",
+    "DeliveryState",
+    "ErrorRecord",
+    "Event",
+    "Extension",
+    "FsyncPolicy",
+    "GenericEvent",
     "LocalBrokerError",
     "LogLockedError",
     "NotFoundError",
+    "PublishResult",
     "RejectEvent",
+    "RetryPolicy",
     "SerializationError",
+    "StartFrom",
     "SyncError",
+    "chain_scope",
 ]

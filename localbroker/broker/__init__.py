@@ -1,0 +1,1 @@
+"""The broker: publishing, delivery to subscribers, the DLQ and chains."""

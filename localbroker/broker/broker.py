@@ -1,0 +1,548 @@
+"""The embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from localbroker.broker.chains import Chain, build_chain
+from localbroker.broker.context import current_scope
+from localbroker.broker.delivery import Handler, HandlerSpec
+from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.subscriber import SubscriberRuntime, Subscription
+from localbroker.broker.writer import LogWriter
+from localbroker.config import (
+    BrokerConfig,
+    FsyncPolicy,
+    RetryPolicy,
+    StartFrom,
+    SubscriberConfig,
+    load_config,
+)
+from localbroker.errors import BrokerStateError, ConfigurationError, SerializationError
+from localbroker.events import (
+    ENVELOPE_FIELDS,
+    Event,
+    GenericEvent,
+    PublishResult,
+    encode_event,
+)
+from localbroker.log import CommitLog, Record
+from localbroker.state.event_index import EventIndex
+from localbroker.state.store import StateStore
+from localbroker.topics import TopicPattern, validate_topic
+
+__all__ = ["Broker", "Extension"]
+
+logger = logging.getLogger("localbroker")
+
+F = TypeVar("F", bound=Handler)
+
+
+@runtime_checkable
+class Extension(Protocol):
+    """Something started and stopped with the broker (sync targets, the archive, ...)."""
+
+    async def start(self, broker: Broker) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Broker:
+    """An embedded event broker over a directory.
+
+    Example::
+
+        broker = Broker("./data")
+
+        @broker.subscriber("user.created", name="email")
+        async def welcome(event: UserCreated) -> None: ...
+
+        async with broker:
+            meta = await broker.publish(UserCreated(user_id="u1", name="Ann"))
+
+    Options (``ack_timeout``, ``max_tries``, ``fsync``, ``segment_bytes``, ...) are those of
+    :class:`~localbroker.config.BrokerConfig`, given as keywords or ``config=``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        config: BrokerConfig | None = None,
+        extensions: Sequence[Extension] = (),
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            raise ConfigurationError("pass either config= or keyword options, not both")
+        if config is None:
+            config = load_config(data_dir=data_dir, **options)
+        elif data_dir is not None:
+            config = config.model_copy(update={"data_dir": Path(data_dir)})
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.extensions = list(extensions)
+        self._subscriptions: dict[str, Subscription] = {}
+        self._runtimes: dict[str, SubscriberRuntime] = {}
+        self._log: CommitLog | None = None
+        self._store: StateStore | None = None
+        self._index: EventIndex | None = None
+        self._writer: LogWriter | None = None
+        self._indexer: EventIndexer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._append_event: asyncio.Event | None = None
+        self._idle_event: asyncio.Event | None = None
+        self.visible_offset = 0
+        self._started = False
+        self._closed = False
+        self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
+        """The dead letter queue: list, show, retry and discard entries."""
+
+    # -- registration ----------------------------------------------------------------------
+
+    def subscriber(
+        self,
+        *topics: str,
+        name: str | None = None,
+        concurrency: int = 1,
+        ack_timeout: float | None = None,
+        max_tries: int | None = None,
+        retry: RetryPolicy | None = None,
+        start_from: StartFrom | int | datetime | str | None = None,
+        dont_retry: Iterable[type[BaseException]] = (),
+    ) -> Callable[[F], F]:
+        """Decorator registering a handler under subscriber ``name`` for ``topics``.
+
+        ``topics`` are exact topics or patterns (``user.*``, ``user.>``). Each subscriber name
+        has its own durable position: two names both receive every event; one name processes
+        each event once. See :meth:`subscribe` for the options.
+        """
+
+        def register(fn: F) -> F:
+            self.subscribe(
+                fn,
+                *topics,
+                name=name,
+                concurrency=concurrency,
+                ack_timeout=ack_timeout,
+                max_tries=max_tries,
+                retry=retry,
+                start_from=start_from,
+                dont_retry=dont_retry,
+            )
+            return fn
+
+        return register
+
+    def subscribe(
+        self,
+        handler: Handler,
+        *topics: str,
+        name: str | None = None,
+        concurrency: int = 1,
+        ack_timeout: float | None = None,
+        max_tries: int | None = None,
+        retry: RetryPolicy | None = None,
+        start_from: StartFrom | int | datetime | str | None = None,
+        dont_retry: Iterable[type[BaseException]] = (),
+    ) -> Subscription:
+        """Register ``handler`` under subscriber ``name`` for ``topics``.
+
+        - ``concurrency``: handlers running at once (events of one key never run together).
+        - ``ack_timeout`` / ``max_tries`` / ``retry``: override the broker's defaults.
+        - ``start_from``: for a subscriber never seen before, ``"earliest"``, ``"latest"``,
+          an offset or a datetime (default: the broker's ``start_from``).
+        - ``dont_retry``: exception types that send the event straight to the DLQ.
+
+        Registering the same handler under the same name again changes nothing; another
+        handler under a name already taken raises :class:`ConfigurationError`.
+        """
+        if not topics:
+            raise ConfigurationError("subscribe needs at least one topic or pattern")
+        for topic in topics:
+            TopicPattern(topic)
+        spec = HandlerSpec.inspect(handler)
+        name = (
+            name
+            or f"{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', handler)}"
+        )
+        if isinstance(start_from, str):
+            try:
+                start_from = StartFrom(start_from)
+            except ValueError:
+                raise ConfigurationError(
+                    f"start_from must be 'earliest', 'latest', an offset or a datetime, not {start_from!r}"
+                ) from None
+        try:
+            config = SubscriberConfig(
+                ack_timeout=ack_timeout,
+                max_tries=max_tries,
+                retry=retry,
+                concurrency=concurrency,
+                start_from=start_from,
+                dont_retry=tuple(dont_retry),
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid options for subscriber {name!r}: {exc}") from exc
+        existing = self._subscriptions.get(name)
+        if existing is not None:
+            if existing.handler.fn is handler and set(existing.patterns) == set(topics):
+                return existing
+            raise ConfigurationError(
+                f"subscriber {name!r} is already registered with handler "
+                f"{getattr(existing.handler.fn, '__qualname__', existing.handler.fn)}; "
+                "give the second handler its own name"
+            )
+        subscription = Subscription(name=name, patterns=tuple(topics), handler=spec, config=config)
+        self._subscriptions[name] = subscription
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self._start_subscriber(subscription))
+            self._tasks.append(task)
+        return subscription
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open (and recover) the log and the state, then start delivering."""
+        if self._started:
+            return
+        if self._closed:
+            raise BrokerStateError("a closed broker cannot be started again; create a new one")
+        cfg = self.config
+        self._append_event = asyncio.Event()
+        self._idle_event = asyncio.Event()
+        log = CommitLog(
+            self.data_dir / "log",
+            segment_bytes=cfg.segment_bytes,
+            segment_max_age=cfg.segment_max_age,
+        )
+        self._log = await asyncio.to_thread(log.open)
+        try:
+            self._store = await StateStore.open(
+                self.data_dir / "state.db", durable=cfg.fsync is FsyncPolicy.ALWAYS
+            )
+            if cfg.index_events:
+                self._index = await EventIndex.open(self.data_dir / "index.db")
+        except BaseException:
+            await asyncio.to_thread(log.close)
+            raise
+        self.visible_offset = self._log.next_offset
+        self._writer = LogWriter(
+            self._log,
+            fsync=cfg.fsync,
+            fsync_interval=cfg.fsync_interval_ms / 1000,
+            on_visible=self._on_visible,
+        )
+        self._writer.start()
+        self._started = True
+        if self._index is not None:
+            self._indexer = EventIndexer(self, self._index)
+            self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
+        for subscription in list(self._subscriptions.values()):
+            await self._start_subscriber(subscription)
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
+        self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
+        for extension in self.extensions:
+            await extension.start(self)
+        logger.info(
+            "broker started on %s: offsets %d..%d, %d subscribers",
+            self.data_dir,
+            self._log.start_offset,
+            self._log.next_offset,
+            len(self._runtimes),
+        )
+
+    async def close(self) -> None:
+        """Stop delivering, write everything buffered, persist positions, close files."""
+        if not self._started or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        for extension in reversed(self.extensions):
+            try:
+                await extension.close()
+            except Exception:
+                logger.exception("extension %r failed to close", extension)
+        assert self._writer is not None
+        await self._writer.close()
+        for runtime in self._runtimes.values():
+            await runtime.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._indexer is not None:
+            with contextlib.suppress(Exception):
+                await self._indexer.catch_up()
+        await self._flush(force=True)
+        await self.store.release_subscribers(self._runtimes)
+        await self.store.close()
+        if self._index is not None:
+            await self._index.close()
+        assert self._log is not None
+        await asyncio.to_thread(self._log.close)
+        logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
+
+    async def _start_subscriber(self, subscription: Subscription) -> None:
+        store = self.store
+        state = await store.get_subscriber(subscription.name)
+        patterns = list(subscription.patterns)
+        if state is None:
+            start = await self._start_offset(
+                subscription.config.start_from or self.config.start_from
+            )
+            state = await store.create_subscriber(subscription.name, patterns, start)
+        elif state.patterns != patterns:
+            await store.update_patterns(subscription.name, patterns)
+            state.patterns = patterns
+        restored = await store.deliveries_since(subscription.name, state.committed)
+        runtime = SubscriberRuntime(self, subscription, state, restored, self.config)
+        self._runtimes[subscription.name] = runtime
+        runtime.start()
+
+    async def _start_offset(self, start_from: StartFrom | int | datetime) -> int:
+        log = self.log
+        if start_from is StartFrom.EARLIEST:
+            return log.start_offset
+        if start_from is StartFrom.LATEST:
+            return log.next_offset
+        if isinstance(start_from, int):
+            if not log.start_offset <= start_from <= log.next_offset:
+                raise ConfigurationError(
+                    f"start_from offset {start_from} is outside the log "
+                    f"({log.start_offset}..{log.next_offset})"
+                )
+            return start_from
+        return await asyncio.to_thread(self._offset_at_time, start_from)
+
+    def _offset_at_time(self, when: datetime) -> int:
+        """First offset whose append time is at or after ``when``."""
+        target = int(when.timestamp() * 1000)
+        log = self.log
+        for segment in log.segments():
+            if segment.last_timestamp is None or segment.last_timestamp < target:
+                continue
+            offset = segment.base_offset
+            while offset < segment.next_offset:
+                for record in log.read(offset, max_records=1000):
+                    if record.timestamp >= target:
+                        return record.offset
+                    offset = record.offset + 1
+        return log.next_offset
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PublishResult:
+        """Store an event in the log; return its id and offset once stored (durably, by policy).
+
+        ``event`` is an :class:`Event` instance, or a topic name with ``data`` as its payload
+        (untyped publishing). Published from inside a handler, the event joins the handled
+        event's chain (correlation id) with the handled event as its cause.
+        """
+        prepared = self._prepare(event, data, key=key, headers=headers)
+        payload = encode_event(prepared)
+        offset = await self._append([(int(prepared.time.timestamp() * 1000), payload)])
+        return PublishResult(prepared.id, prepared.topic, offset, prepared.correlation_id)
+
+    async def publish_many(self, events: Iterable[Event]) -> list[PublishResult]:
+        """Store several events with one write and one fsync; all are stored or none is."""
+        prepared = [self._prepare(e, None) for e in events]
+        if not prepared:
+            return []
+        records = [(int(e.time.timestamp() * 1000), encode_event(e)) for e in prepared]
+        first = await self._append(records)
+        return [
+            PublishResult(e.id, e.topic, first + i, e.correlation_id)
+            for i, e in enumerate(prepared)
+        ]
+
+    def _prepare(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Event:
+        if isinstance(event, str):
+            if data is not None and not isinstance(data, dict):
+                raise SerializationError(
+                    f"payload for {event!r} must be a dict, not {type(data).__name__}"
+                )
+            clash = ENVELOPE_FIELDS.intersection(data or {})
+            if clash:
+                raise SerializationError(
+                    f"payload for {event!r} uses envelope field names {sorted(clash)}; "
+                    "pass them as keywords or rename them"
+                )
+            event = GenericEvent(
+                topic=validate_topic(event), key=key, headers=headers or {}, **(data or {})
+            )
+        elif isinstance(event, Event):
+            if data is not None:
+                raise SerializationError(
+                    "data= is only for untyped publishing: publish(topic, data)"
+                )
+            validate_topic(event.topic)
+            if key is not None or headers:
+                event = event.model_copy(
+                    update={
+                        k: v for k, v in {"key": key, "headers": headers}.items() if v is not None
+                    }
+                )
+        else:
+            raise SerializationError(
+                f"publish takes an Event or a topic name, not {type(event).__name__}"
+            )
+        # Fill in the chain in place, so the caller's event shows the ids it was stored with.
+        scope = current_scope()
+        if event.correlation_id is None:
+            event.correlation_id = scope.correlation_id if scope is not None else event.id
+        if scope is not None and scope.causation_id is not None and event.causation_id is None:
+            event.causation_id = scope.causation_id
+        return event
+
+    async def _append(self, records: list[tuple[int, bytes]]) -> int:
+        if self._writer is None or self._closed:
+            raise BrokerStateError(
+                "the broker is not running: use 'async with broker:' to start it"
+            )
+        return await self._writer.append(records)
+
+    def _on_visible(self, next_offset: int) -> None:
+        self.visible_offset = next_offset
+        assert self._append_event is not None
+        self._append_event.set()
+
+    async def wait_for_append(self, offset: int) -> None:
+        """Return once the log holds a record at ``offset`` (used by readers of the log)."""
+        event = self._append_event
+        assert event is not None
+        while self.visible_offset <= offset:
+            if event.is_set():
+                # Everybody waiting was woken; re-arm for the next append.
+                event.clear()
+            await event.wait()
+
+    def read_log(self, offset: int, max_records: int) -> list[Record]:
+        """Records from ``offset`` that subscribers may see (stored according to the policy)."""
+        records = self.log.read(offset, max_records=max_records)
+        visible = self.visible_offset
+        if records and records[-1].offset >= visible:
+            records = [r for r in records if r.offset < visible]
+        return records
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def log(self) -> CommitLog:
+        """The commit log (open while the broker runs)."""
+        if self._log is None:
+            raise BrokerStateError(
+                "the broker is not running: use 'async with broker:' to start it"
+            )
+        return self._log
+
+    @property
+    def store(self) -> StateStore:
+        """The state store (open while the broker runs)."""
+        if self._store is None:
+            raise BrokerStateError(
+                "the broker is not running: use 'async with broker:' to start it"
+            )
+        return self._store
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """Registered subscriptions by name."""
+        return dict(self._subscriptions)
+
+    def runtime(self, name: str) -> SubscriberRuntime | None:
+        """The running queue of subscriber ``name`` in this process, if any."""
+        return self._runtimes.get(name)
+
+    def _wake_for_redelivery(self, subscriber: str) -> bool:
+        runtime = self._runtimes.get(subscriber)
+        if runtime is not None:
+            runtime.notify_redelivery()
+        return runtime is not None
+
+    async def chain(self, correlation_id: str) -> Chain:
+        """Every event of the chain started by ``correlation_id``, as a tree, with its deliveries."""
+        if self._indexer is not None:
+            await self._indexer.catch_up()
+        await self._flush()  # the chain shows delivery states as of now
+        return await build_chain(correlation_id, store=self.store, index=self._index, log=self.log)
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every subscriber has handled (or dead-lettered) everything published.
+
+        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``.
+        """
+        assert self._idle_event is not None
+        async with asyncio.timeout(timeout):
+            while not all(r.idle for r in self._runtimes.values()):
+                self._idle_event.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._idle_event.wait()
+
+    def _delivery_finished(self) -> None:
+        if self._idle_event is not None:
+            self._idle_event.set()
+
+    async def _flush(self, *, force: bool = False) -> None:
+        states = [r.snapshot() for r in self._runtimes.values() if force or r.dirty]
+        if states:
+            await self.store.save_subscribers(states, os.getpid())
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.state_flush_interval
+        last_heartbeat = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            heartbeat = now - last_heartbeat >= 1.0
+            try:
+                await self._flush(force=heartbeat)
+            except Exception:
+                logger.exception("could not save subscriber positions; will retry")
+                continue
+            if heartbeat:
+                last_heartbeat = now
+
+    async def _control_loop(self) -> None:
+        interval = self.config.control_poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.dlq.execute_requests()
+            except Exception:
+                logger.exception("failed to carry out operator requests")

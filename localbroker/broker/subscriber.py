@@ -1,0 +1,421 @@
+"""Per-subscriber queues: reading the log, ordering by key, retries, ack timers, the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from localbroker.broker.context import enter_handler, leave_handler
+from localbroker.broker.delivery import Delivery, DeliveryContext, HandlerSpec
+from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
+from localbroker.errors import NotFoundError, RejectEvent, SerializationError
+from localbroker.events import decode_envelope, to_event
+from localbroker.state.store import SubscriberState
+from localbroker.topics import TopicPattern
+
+if TYPE_CHECKING:
+    from localbroker.broker.broker import Broker
+
+__all__ = ["Subscription"]
+
+logger = logging.getLogger("localbroker.delivery")
+
+READ_BATCH = 512
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscription:
+    """A handler registered under a subscriber name for one or more topic patterns."""
+
+    name: str
+    patterns: tuple[str, ...]
+    handler: HandlerSpec
+    config: SubscriberConfig
+
+    def matcher(self) -> TopicMatcher:
+        return TopicMatcher(self.patterns)
+
+
+class TopicMatcher:
+    """Matches topics against several patterns, remembering answers per topic."""
+
+    __slots__ = ("_cache", "_patterns")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self._patterns = [TopicPattern(p) for p in patterns]
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, topic: str) -> bool:
+        hit = self._cache.get(topic)
+        if hit is None:
+            hit = self._cache[topic] = any(p.matches(topic) for p in self._patterns)
+        return hit
+
+
+def histogram_bucket(seconds: float) -> str:
+    """Bucket of a handler time: quarter powers of two of microseconds (~19% wide)."""
+    micros = max(seconds * 1e6, 1.0)
+    return str(int(math.log2(micros) * 4))
+
+
+def histogram_quantile(hist: dict[str, int], q: float) -> float | None:
+    """Approximate quantile (seconds) of a handler-time histogram."""
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket in sorted(hist, key=int):
+        seen += hist[bucket]
+        if seen >= rank:
+            return float(2 ** ((int(bucket) + 0.5) / 4) / 1e6)
+    return None
+
+
+class SubscriberRuntime:
+    """Delivers the log to one subscriber: its in-flight set, key order, tries and DLQ moves."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        subscription: Subscription,
+        state: SubscriberState,
+        restored: dict[int, tuple[int, str]],
+        defaults: BrokerConfig,
+    ) -> None:
+        self.broker = broker
+        self.sub = subscription
+        self.name = subscription.name
+        self.state = state
+        cfg = subscription.config
+        self.ack_timeout = cfg.ack_timeout or defaults.ack_timeout
+        self.max_tries = cfg.max_tries or defaults.max_tries
+        self.retry: RetryPolicy = cfg.retry or defaults.retry
+        self.max_in_flight = defaults.max_in_flight
+        self._matches = subscription.matcher()
+        self._dont_retry: tuple[type[BaseException], ...] = (
+            RejectEvent,
+            SerializationError,
+            *cfg.dont_retry,
+        )
+        self.position = state.committed  # re-read everything not committed: in flight before
+        self.done: set[int] = set(state.done)
+        # Deliveries above the committed offset that failed before a restart: keep counting
+        # their tries, and never redeliver one that was finished (handled or dead-lettered).
+        self._tries: dict[int, int] = {}
+        for offset, (tries, status) in restored.items():
+            if status == "retrying":
+                self._tries[offset] = tries
+            else:
+                self.done.add(offset)
+        self.pending: dict[int, Delivery] = {}
+        self.redelivering: dict[int, Delivery] = {}
+        self.keys: dict[str, collections.deque[Delivery]] = {}
+        self.ready: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.running = 0
+        self.dirty = True
+        self._space = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._redelivery_check = asyncio.Event()
+        self._redelivery_check.set()
+        self._checking_redeliveries = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks.append(
+            asyncio.create_task(self._read_loop(), name=f"localbroker-read-{self.name}")
+        )
+        self._tasks.append(
+            asyncio.create_task(self._redelivery_loop(), name=f"localbroker-dlq-{self.name}")
+        )
+        for i in range(self.sub.config.concurrency):
+            self._tasks.append(
+                asyncio.create_task(self._worker(), name=f"localbroker-handler-{self.name}-{i}")
+            )
+
+    async def stop(self) -> None:
+        """Stop delivering. Deliveries not finished stay in flight and are redelivered on restart."""
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def snapshot(self) -> SubscriberState:
+        """The state to persist now."""
+        self.state.committed = self._committed()
+        self.state.position = self.position
+        self.state.done = [o for o in self.done if o >= self.state.committed]
+        self.dirty = False
+        return self.state
+
+    @property
+    def idle(self) -> bool:
+        """Nothing read and unfinished, nothing left to read."""
+        return (
+            not self.pending
+            and not self.redelivering
+            and not self._redelivery_check.is_set()
+            and not self._checking_redeliveries
+            and self.running == 0
+            and self.position >= self.broker.visible_offset
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.redelivering)
+
+    def notify_redelivery(self) -> None:
+        """An operator sent DLQ entries back to this subscriber: pick them up."""
+        self._redelivery_check.set()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _committed(self) -> int:
+        return next(iter(self.pending)) if self.pending else self.position
+
+    async def _read_loop(self) -> None:
+        broker = self.broker
+        while True:
+            if len(self.pending) >= self.max_in_flight:
+                self._space.clear()
+                await self._space.wait()
+                continue
+            if self.position >= broker.visible_offset:
+                await broker.wait_for_append(self.position)
+                continue
+            limit = min(READ_BATCH, self.max_in_flight - len(self.pending))
+            records = broker.read_log(self.position, limit)
+            for record in records:
+                offset = record.offset
+                self.position = offset + 1
+                if offset in self.done:
+                    continue
+                try:
+                    envelope = decode_envelope(record.payload)
+                except SerializationError as exc:
+                    # A record that passed its checksum but holds no envelope: dead-letter it
+                    # rather than stall the queue or drop it silently.
+                    envelope = {
+                        "id": f"offset-{offset}",
+                        "topic": "?",
+                        "data": {},
+                        "_bad": str(exc),
+                    }
+                if not self._matches(envelope["topic"]):
+                    continue
+                delivery = Delivery(
+                    offset=offset,
+                    envelope=envelope,
+                    key=envelope.get("key"),
+                    tries=self._tries.pop(offset, 0),
+                    budget=self.max_tries,
+                )
+                self.pending[offset] = delivery
+                self._dispatch(delivery)
+            self.dirty = True
+            # Hand over to the handlers between batches, so reading ahead never starves them.
+            await asyncio.sleep(0)
+
+    def _dispatch(self, delivery: Delivery) -> None:
+        key = delivery.key
+        if key is None:
+            self.ready.put_nowait(delivery)
+        elif key in self.keys:
+            self.keys[key].append(delivery)
+        else:
+            self.keys[key] = collections.deque()
+            self.ready.put_nowait(delivery)
+
+    def _release_key(self, delivery: Delivery) -> None:
+        key = delivery.key
+        if key is None:
+            return
+        waiting = self.keys.get(key)
+        if waiting:
+            self.ready.put_nowait(waiting.popleft())
+        else:
+            self.keys.pop(key, None)
+
+    async def _redelivery_loop(self) -> None:
+        while True:
+            await self._redelivery_check.wait()
+            self._redelivery_check.clear()
+            self._checking_redeliveries = True
+            try:
+                await self._pick_up_redeliveries()
+            finally:
+                self._checking_redeliveries = False
+
+    async def _pick_up_redeliveries(self) -> None:
+        for entry in await self.broker.store.retrying_dlq(self.name):
+            if entry.offset in self.redelivering or entry.offset in self.pending:
+                continue
+            try:
+                records = self.broker.read_log(entry.offset, 1)
+            except NotFoundError as exc:
+                logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
+                continue
+            envelope = decode_envelope(records[0].payload)
+            delivery = Delivery(
+                offset=entry.offset,
+                envelope=envelope,
+                key=envelope.get("key"),
+                tries=entry.tries,
+                budget=entry.tries + self.max_tries,
+                dlq_id=entry.id,
+            )
+            self.redelivering[entry.offset] = delivery
+            self._dispatch(delivery)
+
+    # -- handling --------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            delivery = await self.ready.get()
+            self.running += 1
+            try:
+                await self._deliver(delivery)
+            finally:
+                self.running -= 1
+
+    async def _deliver(self, d: Delivery) -> None:
+        spec = self.sub.handler
+        envelope = d.envelope
+        attempt = d.tries + 1
+        loop = asyncio.get_running_loop()
+        token = enter_handler(envelope["id"], envelope.get("correlation_id"))
+        started = time.perf_counter()
+        timeout = asyncio.timeout(self.ack_timeout)
+        error: BaseException | None = None
+        try:
+            async with timeout:
+                if "_bad" in envelope:
+                    raise SerializationError(envelope["_bad"])
+                event = to_event(envelope, spec.event_type)
+                args: tuple[Any, ...] = (event,)
+                if spec.wants_context:
+                    args = (
+                        event,
+                        DeliveryContext(
+                            subscriber=self.name,
+                            offset=d.offset,
+                            attempt=attempt,
+                            previous_errors=list(d.errors),
+                            envelope=envelope,
+                            ack_timeout=self.ack_timeout,
+                            timeout=timeout,
+                            loop=loop,
+                        ),
+                    )
+                if spec.is_async:
+                    await spec.fn(*args)  # type: ignore[misc]
+                else:
+                    await asyncio.to_thread(spec.fn, *args)
+        except TimeoutError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            leave_handler(token)
+        elapsed = time.perf_counter() - started
+        hist = self.state.handler_hist
+        bucket = histogram_bucket(elapsed)
+        hist[bucket] = hist.get(bucket, 0) + 1
+        if error is None:
+            await self._succeeded(d, attempt)
+        else:
+            await self._failed(d, attempt, error, timed_out=timeout.expired())
+
+    async def _succeeded(self, d: Delivery, attempt: int) -> None:
+        if d.tries:
+            await self.broker.store.record_success_after_retry(self.name, d.offset, attempt)
+        self.state.processed += 1
+        self._finish(d)
+
+    async def _failed(
+        self, d: Delivery, attempt: int, error: BaseException, *, timed_out: bool
+    ) -> None:
+        envelope = d.envelope
+        if timed_out:
+            kind = "timeout"
+            error_type, message = "AckTimeout", f"handler did not finish within {self.ack_timeout}s"
+            trace = "".join(traceback.format_exception(error))
+        else:
+            kind = "rejected" if isinstance(error, self._dont_retry) else "error"
+            error_type, message = type(error).__name__, str(error)
+            trace = "".join(traceback.format_exception(error))
+        dead = kind == "rejected" or attempt >= d.budget
+        described = f"{error_type}({message!r})"
+        logger.warning(
+            "Failed %d times, subscriber: %s, error: %s, event: %s (%s)%s",
+            attempt,
+            self.name,
+            described,
+            envelope["id"],
+            envelope["topic"],
+            " -> DLQ" if dead else "",
+        )
+        try:
+            await self.broker.store.record_failure(
+                subscriber=self.name,
+                offset=d.offset,
+                event_id=envelope["id"],
+                topic=envelope["topic"],
+                correlation_id=envelope.get("correlation_id"),
+                attempt=attempt,
+                kind=kind,
+                error_type=error_type,
+                message=message,
+                traceback=trace,
+                dead=dead,
+            )
+        except Exception:
+            # Without a record of the failure the delivery must stay: retry it later.
+            logger.exception("could not record a failed delivery; it will be retried")
+            dead = False
+        d.tries = attempt
+        d.errors.append(described)
+        self.state.failures += 1
+        if dead:
+            self.state.dead += 1
+            self._finish(d)
+            return
+        delay = self.retry.delay(attempt)
+        if delay <= 0:
+            self.ready.put_nowait(d)
+            return
+        handle: asyncio.TimerHandle
+
+        def requeue() -> None:
+            self._timers.discard(handle)
+            self.ready.put_nowait(d)
+
+        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        self._timers.add(handle)
+
+    def _finish(self, d: Delivery) -> None:
+        if d.dlq_id is not None:
+            self.redelivering.pop(d.offset, None)
+        else:
+            self.pending.pop(d.offset, None)
+            self.done.add(d.offset)
+            if len(self.done) > 4 * self.max_in_flight:
+                committed = self._committed()
+                self.done = {o for o in self.done if o >= committed}
+        self._release_key(d)
+        self.dirty = True
+        self._space.set()
+        self.broker._delivery_finished()

@@ -1,0 +1,124 @@
+"""Appends to the commit log with group commit.
+
+Publishers hand encoded records to the writer and wait. One writer task takes everything
+buffered so far, writes it with one ``write`` and (with ``fsync="always"``) one fsync in a
+dedicated thread, then wakes every publisher of the batch. While a fsync runs, new records
+pile up for the next batch, so concurrent publishers share fsyncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from localbroker.config import FsyncPolicy
+from localbroker.errors import BrokerStateError, LocalBrokerError
+from localbroker.log import CommitLog
+
+__all__ = ["LogWriter"]
+
+logger = logging.getLogger("localbroker.writer")
+
+
+class LogWriter:
+    """Single writer of a :class:`CommitLog`, batching publishers into shared writes and fsyncs."""
+
+    def __init__(
+        self,
+        log: CommitLog,
+        *,
+        fsync: FsyncPolicy,
+        fsync_interval: float,
+        on_visible: Callable[[int], None],
+    ) -> None:
+        self._log = log
+        self._fsync = fsync
+        self._interval = fsync_interval
+        self._on_visible = on_visible
+        self._records: list[tuple[int, bytes]] = []
+        self._waiters: list[tuple[int, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._unsynced = False
+        # fsync gets a thread of its own so that blocking sync handlers using the default
+        # executor can never hold back durability of publishes.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="localbroker-fsync")
+        self._task: asyncio.Task[None] | None = None
+        self._interval_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="localbroker-writer")
+        if self._fsync is FsyncPolicy.INTERVAL:
+            self._interval_task = asyncio.create_task(self._sync_every_interval())
+
+    async def append(self, records: Sequence[tuple[int, bytes]]) -> int:
+        """Append ``(timestamp_ms, payload)`` records; return the first offset once stored."""
+        if self._closing or self._task is None:
+            raise BrokerStateError(
+                "the broker is not running: use 'async with broker:' to start it"
+            )
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._records.extend(records)
+        self._waiters.append((len(records), future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Write and sync what is buffered, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._interval_task is not None:
+            self._interval_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._interval_task
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._records:
+                if self._closing:
+                    return
+                continue
+            records, waiters = self._records, self._waiters
+            self._records, self._waiters = [], []
+            try:
+                first = self._log.append(records)
+                if self._fsync is FsyncPolicy.ALWAYS:
+                    await loop.run_in_executor(self._executor, self._log.sync)
+                else:
+                    self._unsynced = True
+            except Exception as exc:
+                logger.exception("append to the commit log failed")
+                error = LocalBrokerError(f"append to the commit log failed: {exc!r}")
+                for _, future in waiters:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            offset = first
+            for count, future in waiters:
+                if not future.done():
+                    future.set_result(offset)
+                offset += count
+            self._on_visible(offset)
+            if self._closing and not self._records:
+                return
+
+    async def _sync_every_interval(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._unsynced:
+                self._unsynced = False
+                started = time.perf_counter()
+                await loop.run_in_executor(self._executor, self._log.sync)
+                if time.perf_counter() - started > self._interval:
+                    logger.warning("fsync took longer than fsync_interval_ms")

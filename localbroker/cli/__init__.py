@@ -1,0 +1,1 @@
+"""The ``localbroker`` command line: a thin layer over the library."""

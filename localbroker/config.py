@@ -1,0 +1,164 @@
+"""Configuration models.
+
+Every option has a documented default. Environment variables (``LOCALBROKER_*``) are read
+in one place, :class:`BrokerConfig`, through pydantic-settings; keyword arguments to
+:class:`~localbroker.Broker` win over them.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from localbroker.errors import ConfigurationError
+
+__all__ = [
+    "BrokerConfig",
+    "FsyncPolicy",
+    "RetryPolicy",
+    "StartFrom",
+    "SubscriberConfig",
+    "load_config",
+]
+
+MiB = 1024 * 1024
+
+
+class FsyncPolicy(enum.StrEnum):
+    """When appended records are forced to disk."""
+
+    ALWAYS = "always"
+    """``publish`` returns only once the record is fsynced. Concurrent publishers share one
+    fsync (group commit). Nothing that ``publish`` confirmed is lost on a crash or power cut."""
+
+    INTERVAL = "interval"
+    """Records are fsynced every ``fsync_interval_ms``; ``publish`` returns once the record is
+    written to the OS. A process crash loses nothing; a power cut may lose the last interval."""
+
+    NEVER = "never"
+    """The OS decides when to write back. A process crash loses nothing; a power cut may lose
+    whatever the OS had not written yet."""
+
+
+class StartFrom(enum.StrEnum):
+    """Where a subscriber seen for the first time starts reading the log."""
+
+    EARLIEST = "earliest"
+    """The first event still in the log: the whole history."""
+
+    LATEST = "latest"
+    """The end of the log when the subscriber is first registered: only new events."""
+
+
+class RetryPolicy(BaseModel):
+    """How a failed delivery is retried.
+
+    The n-th retry waits ``min(backoff_max, backoff_initial * backoff_multiplier ** (n - 1))``
+    seconds. ``backoff_initial=0`` retries immediately.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backoff_initial: Annotated[float, Field(ge=0)] = 0.1
+    """Seconds before the first retry (0 = immediately)."""
+    backoff_multiplier: Annotated[float, Field(ge=1)] = 2.0
+    """Factor applied to the wait after each failure."""
+    backoff_max: Annotated[float, Field(ge=0)] = 30.0
+    """Cap on the wait between two tries, in seconds."""
+
+    @classmethod
+    def immediate(cls) -> RetryPolicy:
+        """Retry at once, with no wait."""
+        return cls(backoff_initial=0.0)
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the next try, after ``failures`` failed tries."""
+        if self.backoff_initial == 0 or failures <= 0:
+            return 0.0
+        return float(
+            min(self.backoff_max, self.backoff_initial * self.backoff_multiplier ** (failures - 1))
+        )
+
+
+class SubscriberConfig(BaseModel):
+    """Per-subscriber options; unset values fall back to the broker's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    ack_timeout: Annotated[float, Field(gt=0)] | None = None
+    """Seconds a handler may run before it is cancelled and the event redelivered."""
+    max_tries: Annotated[int, Field(ge=1)] | None = None
+    """Failed tries after which the event goes to the DLQ."""
+    retry: RetryPolicy | None = None
+    """Backoff between tries."""
+    concurrency: Annotated[int, Field(ge=1)] = 1
+    """Handlers of this subscriber running at once (events of one key never run together)."""
+    start_from: StartFrom | int | datetime | None = None
+    """For a subscriber seen for the first time: ``earliest``, ``latest``, an offset, or a time."""
+    dont_retry: tuple[type[BaseException], ...] = ()
+    """Exception types that send the event straight to the DLQ (besides ``RejectEvent``)."""
+
+
+class BrokerConfig(BaseSettings):
+    """Options of a :class:`~localbroker.Broker`.
+
+    Each can be set by keyword, or through the environment as ``LOCALBROKER_<NAME>``
+    (for example ``LOCALBROKER_ACK_TIMEOUT=10``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOCALBROKER_", extra="forbid", frozen=True)
+
+    data_dir: Path = Path("./localbroker-data")
+    """Directory holding the commit log (``log/``) and the state databases."""
+    fsync: FsyncPolicy = FsyncPolicy.ALWAYS
+    """When appended records are forced to disk; see :class:`FsyncPolicy`."""
+    fsync_interval_ms: Annotated[int, Field(ge=1)] = 50
+    """With ``fsync="interval"``: milliseconds between two fsyncs."""
+    segment_bytes: Annotated[int, Field(ge=4096)] = 64 * MiB
+    """A segment is rolled when the next write would make it larger than this."""
+    segment_max_age: Annotated[float, Field(gt=0)] | None = 24 * 3600.0
+    """Seconds after which the active segment is rolled even if not full (``None``: never)."""
+    ack_timeout: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds a handler may run before it is cancelled and the event redelivered."""
+    max_tries: Annotated[int, Field(ge=1)] = 5
+    """Failed tries after which an event goes to the dead letter queue."""
+    retry: RetryPolicy = RetryPolicy()
+    """Default backoff between tries."""
+    start_from: StartFrom = StartFrom.LATEST
+    """Where a subscriber seen for the first time starts (like Kafka's auto.offset.reset)."""
+    max_in_flight: Annotated[int, Field(ge=1)] = 1000
+    """Events read ahead per subscriber (waiting, running or backing off) before reading stops."""
+    state_flush_interval: Annotated[float, Field(gt=0)] = 0.05
+    """Seconds between two writes of subscriber positions to ``state.db``."""
+    index_events: bool = True
+    """Keep the event index (topic, time, key, chain ids) that chain queries and the dashboard use."""
+    control_poll_interval: Annotated[float, Field(gt=0)] = 0.25
+    """Seconds between two checks for operator requests (DLQ retry/discard from the CLI)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> BrokerConfig:
+        if self.fsync is FsyncPolicy.INTERVAL and self.fsync_interval_ms > 60_000:
+            raise ValueError(
+                "fsync_interval_ms above 60000 would leave a minute of events unsynced"
+            )
+        return self
+
+
+def load_config(**overrides: Any) -> BrokerConfig:
+    """Build a :class:`BrokerConfig` from the environment and ``overrides``.
+
+    Raises :class:`~localbroker.errors.ConfigurationError` naming every bad option.
+    """
+    try:
+        return BrokerConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid broker configuration: {problems}") from exc

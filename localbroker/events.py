@@ -1,0 +1,200 @@
+"""Events, commands and their stored envelope.
+
+An event is a pydantic model. Its envelope fields (``id``, ``topic``, ``time``, ``key``,
+``version``, ``correlation_id``, ``causation_id``, ``headers``) are declared here; a subclass
+declares its own fields, which are the payload::
+
+    class UserCreated(Event, topic="user.created"):
+        user_id: str
+        name: str
+
+On disk an event is one JSON object: the envelope fields plus ``data`` holding the payload
+(see ``docs/log-format.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import orjson
+import uuid_utils
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from localbroker.errors import SerializationError
+from localbroker.topics import validate_topic
+
+__all__ = [
+    "ENVELOPE_FIELDS",
+    "Command",
+    "Event",
+    "GenericEvent",
+    "PublishResult",
+    "decode_envelope",
+    "encode_event",
+    "event_class_for",
+    "new_event_id",
+]
+
+ENVELOPE_FIELDS = frozenset(
+    {"id", "topic", "time", "key", "version", "correlation_id", "causation_id", "headers"}
+)
+
+_registry: dict[str, type[Event]] = {}
+
+
+def new_event_id() -> str:
+    """A new time-sortable event id (UUIDv7, as a string)."""
+    return str(uuid_utils.uuid7())
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base class of typed events.
+
+    Subclasses name their topic (and optionally a schema version) as class keywords::
+
+        class OrderPlaced(Event, topic="order.placed", version=2):
+            order_id: str
+            amount: int
+
+    ``id`` and ``time`` are filled in when the event is created; ``correlation_id`` and
+    ``causation_id`` are filled in by :meth:`Broker.publish` from the event being handled,
+    when there is one.
+    """
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    id: str = Field(default_factory=new_event_id)
+    """Unique, time-sortable id (UUIDv7)."""
+    topic: str = ""
+    """The topic the event is published to (the class keyword ``topic`` sets the default)."""
+    time: datetime = Field(default_factory=_utcnow)
+    """When the event was created (UTC)."""
+    key: str | None = None
+    """Ordering key: events with the same key reach a subscriber one at a time, in order."""
+    version: int = 1
+    """Schema version of the payload (the class keyword ``version`` sets the default)."""
+    correlation_id: str | None = None
+    """Id of the command that started the chain this event belongs to."""
+    causation_id: str | None = None
+    """Id of the event whose handler published this one."""
+    headers: dict[str, str] = Field(default_factory=dict)
+    """Free-form string metadata (tracing ids, origin of synced events, ...)."""
+
+    __topic__: ClassVar[str | None] = None
+    __version__: ClassVar[int] = 1
+
+    def __init_subclass__(cls, topic: str | None = None, version: int | None = None, **kw: Any):
+        super().__init_subclass__(**kw)
+        if topic is not None:
+            cls.__topic__ = validate_topic(topic)
+        if version is not None:
+            cls.__version__ = version
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        # Make the class keywords the field defaults, so UserCreated(...) needs no topic=.
+        changed = False
+        if cls.__topic__ is not None and cls.model_fields["topic"].default != cls.__topic__:
+            cls.model_fields["topic"].default = cls.__topic__
+            _registry[cls.__topic__] = cls
+            changed = True
+        if cls.model_fields["version"].default != cls.__version__:
+            cls.model_fields["version"].default = cls.__version__
+            changed = True
+        if changed:
+            cls.model_rebuild(force=True)
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields (everything but the envelope), as JSON-compatible values."""
+        return self.model_dump(mode="json", exclude=set(ENVELOPE_FIELDS))
+
+
+class GenericEvent(Event):
+    """An event without a declared class: its payload fields are kept as extra attributes.
+
+    ``broker.publish("user.created", {"user_id": "u1"})`` publishes one, and handlers of topics
+    with no registered class receive one (``event.payload()`` returns the fields).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Command(Event):
+    """An event that starts a chain: its own id becomes the chain's correlation id.
+
+    An HTTP POST, a mutation, a webhook or a scheduled job is published as a command; every
+    event published while handling it (and their handlers' events, and so on) carries the
+    command's id as ``correlation_id``.
+    """
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.correlation_id is None:
+            self.correlation_id = self.id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What :meth:`Broker.publish` returns once the event is stored (durably, by policy)."""
+
+    id: str
+    """The event's id."""
+    topic: str
+    """The topic it was published to."""
+    offset: int
+    """Its position in the commit log."""
+    correlation_id: str | None
+    """The chain it belongs to."""
+
+
+def encode_event(event: Event) -> bytes:
+    """The stored JSON envelope of ``event``; raise SerializationError if it cannot be encoded."""
+    try:
+        fields = event.model_dump(mode="json")
+    except Exception as exc:  # pydantic raises several types for unserialisable values
+        raise SerializationError(
+            f"event {type(event).__name__} ({event.topic}) cannot be serialised: {exc}"
+        ) from exc
+    data = {k: fields.pop(k) for k in list(fields) if k not in ENVELOPE_FIELDS}
+    fields["data"] = data
+    try:
+        return orjson.dumps(fields)
+    except TypeError as exc:
+        raise SerializationError(
+            f"event {type(event).__name__} ({event.topic}) cannot be serialised: {exc}"
+        ) from exc
+
+
+def decode_envelope(payload: bytes) -> dict[str, Any]:
+    """Parse a stored envelope into a dict (envelope fields plus ``data``)."""
+    try:
+        envelope = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"stored event is not valid JSON: {exc}") from exc
+    if not isinstance(envelope, dict) or "topic" not in envelope:
+        raise SerializationError("stored event is not an envelope object with a topic")
+    return envelope
+
+
+def event_class_for(topic: str) -> type[Event]:
+    """The event class registered for ``topic``, or :class:`GenericEvent`."""
+    return _registry.get(topic, GenericEvent)
+
+
+def to_event(envelope: dict[str, Any], cls: type[Event] | None = None) -> Event:
+    """Build an event of ``cls`` (default: the class registered for its topic) from an envelope."""
+    target = cls if cls is not None and cls is not Event else event_class_for(envelope["topic"])
+    data = envelope.get("data") or {}
+    fields = {k: v for k, v in envelope.items() if k != "data"}
+    try:
+        return target.model_validate({**data, **fields})
+    except ValidationError as exc:
+        raise SerializationError(
+            f"event {envelope.get('id')} ({envelope['topic']}) does not fit "
+            f"{target.__name__}: {exc}"
+        ) from exc

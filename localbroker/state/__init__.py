@@ -1,0 +1,1 @@
+"""Durable broker state in SQLite: subscriber positions, deliveries, errors, DLQ, event index."""

@@ -1,0 +1,109 @@
+"""SQL schema of ``state.db`` and ``index.db`` (both SQLite in WAL mode)."""
+
+from __future__ import annotations
+
+STATE_SCHEMA = """
+-- One row per subscriber (name). Everything below `committed` is done (handled or dead-lettered);
+-- `done` lists offsets in [committed, position) already done out of order; the other offsets in
+-- that range were in flight and are redelivered after a restart.
+CREATE TABLE IF NOT EXISTS subscribers (
+    name          TEXT PRIMARY KEY,
+    patterns      TEXT NOT NULL,              -- JSON list of topic patterns
+    start_offset  INTEGER NOT NULL,           -- first offset this subscriber receives
+    committed     INTEGER NOT NULL,
+    position      INTEGER NOT NULL,           -- next offset to read from the log
+    done          TEXT NOT NULL DEFAULT '[]', -- JSON list of offsets
+    processed     INTEGER NOT NULL DEFAULT 0, -- handled successfully
+    failures      INTEGER NOT NULL DEFAULT 0, -- failed tries
+    dead          INTEGER NOT NULL DEFAULT 0, -- sent to the DLQ
+    handler_hist  TEXT NOT NULL DEFAULT '{}', -- JSON {bucket: count} of handler times
+    created       REAL NOT NULL,
+    updated       REAL NOT NULL,
+    heartbeat     REAL,                        -- last time a running broker flushed this row
+    pid           INTEGER                      -- process running it
+);
+
+-- Deliveries that took more than one try (or are being retried): tries are kept after success.
+-- A delivery with no row here and an offset below `committed` succeeded at its first try.
+CREATE TABLE IF NOT EXISTS deliveries (
+    subscriber  TEXT NOT NULL,
+    "offset"    INTEGER NOT NULL,
+    event_id    TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    tries       INTEGER NOT NULL,
+    status      TEXT NOT NULL,               -- retrying | done | dead
+    last_error  TEXT,
+    updated     REAL NOT NULL,
+    PRIMARY KEY (subscriber, "offset")
+);
+
+-- Every failed try, with its traceback.
+CREATE TABLE IF NOT EXISTS errors (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber     TEXT NOT NULL,
+    "offset"       INTEGER NOT NULL,
+    event_id       TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    correlation_id TEXT,
+    attempt        INTEGER NOT NULL,
+    kind           TEXT NOT NULL,             -- error | timeout | rejected
+    error_type     TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    traceback      TEXT NOT NULL,
+    time           REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS errors_by_delivery ON errors (subscriber, "offset");
+CREATE INDEX IF NOT EXISTS errors_by_time ON errors (time);
+
+-- Dead letter queue: one entry per (subscriber, offset) that ran out of tries.
+CREATE TABLE IF NOT EXISTS dlq (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber     TEXT NOT NULL,
+    "offset"       INTEGER NOT NULL,
+    event_id       TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    correlation_id TEXT,
+    tries          INTEGER NOT NULL,
+    error          TEXT NOT NULL,
+    status         TEXT NOT NULL,             -- dead | retrying | resolved | discarded
+    dead_at        REAL NOT NULL,
+    updated        REAL NOT NULL,
+    retries        INTEGER NOT NULL DEFAULT 0, -- times an operator sent it back
+    UNIQUE (subscriber, "offset")
+);
+CREATE INDEX IF NOT EXISTS dlq_by_status ON dlq (status, subscriber);
+
+-- Operator requests (from the CLI or dashboard) carried out by the running broker.
+CREATE TABLE IF NOT EXISTS requests (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    action   TEXT NOT NULL,
+    args     TEXT NOT NULL,
+    status   TEXT NOT NULL DEFAULT 'pending',   -- pending | done | failed
+    result   TEXT,
+    created  REAL NOT NULL,
+    done_at  REAL
+);
+CREATE INDEX IF NOT EXISTS requests_pending ON requests (status);
+
+-- Small key/value table for extensions (sync and archive cursors, ...).
+CREATE TABLE IF NOT EXISTS kv (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+"""
+
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    "offset"       INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL,
+    topic          TEXT NOT NULL,
+    key            TEXT,
+    time           REAL NOT NULL,          -- append time, seconds since the epoch
+    correlation_id TEXT,
+    causation_id   TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_id ON events (id);
+CREATE INDEX IF NOT EXISTS events_by_correlation ON events (correlation_id);
+CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, "offset");
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
+"""
