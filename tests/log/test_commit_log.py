@@ -326,3 +326,47 @@ def test_segment_info_created_and_timestamps(open_log: OpenLog) -> None:
     assert first.path.name == "00000000000000000000.log"
     assert first.index_path.name == "00000000000000000000.index"
     assert os.path.getsize(second.path) == second.size_bytes
+
+
+def test_sealed_segment_descriptors_are_bounded(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localbroker.log import commit_log
+
+    monkeypatch.setattr(commit_log, "MAX_OPEN_SEALED", 2)
+    log = open_log(segment_bytes=130)  # two records per segment
+    log.append(batch(0, 40))
+    assert len(log.segments()) == 20
+    for _ in range(2):
+        assert len(read_all(log)) == 40
+        open_fds = [s for s in log._segments if s.fd is not None]
+        assert len(open_fds) <= 3  # two sealed + the active one
+
+
+def test_concurrent_reader_sees_only_whole_records(open_log: OpenLog) -> None:
+    writer = open_log(segment_bytes=5000, index_interval_bytes=200)
+    reader = open_log(readonly=True, segment_bytes=5000, index_interval_bytes=200)
+    total = 3000
+    done = threading.Event()
+
+    def write() -> None:
+        for start in range(0, total, 30):
+            writer.append(batch(start, 30, size=10 + start % 97))
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = 0
+    try:
+        while seen < total:
+            finished = done.is_set()
+            reader.refresh()
+            for record in reader.read(seen, max_records=500):
+                assert record.offset == seen
+                assert record.payload.startswith(f'{{"i": {seen}, '.encode())
+                seen += 1
+            if finished and reader.next_offset == seen:
+                break
+    finally:
+        thread.join()
+    assert seen == total
