@@ -370,3 +370,49 @@ def test_concurrent_reader_sees_only_whole_records(open_log: OpenLog) -> None:
     finally:
         thread.join()
     assert seen == total
+
+
+def test_failed_write_leaves_the_log_as_it_was(
+    open_log: OpenLog, log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localbroker.log import segment as segment_module
+
+    log = open_log()
+    log.append(batch(0, 3))
+    size = os.path.getsize(log_dir / "00000000000000000000.log")
+    real_write = os.write
+
+    def short_then_fail(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segment_module.os, "write", short_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        log.append(batch(3, 2))
+    monkeypatch.setattr(segment_module.os, "write", real_write)
+    assert log.next_offset == 3
+    assert os.path.getsize(log_dir / "00000000000000000000.log") == size
+    assert log.append(batch(3, 2)) == 3
+    assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 4]
+
+
+def test_writer_lock_holds_across_processes(open_log: OpenLog, log_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    open_log()
+    code = (
+        "import sys\n"
+        "from localbroker.errors import LogLockedError\n"
+        "from localbroker.log import CommitLog\n"
+        "try:\n"
+        "    CommitLog(sys.argv[1]).open()\n"
+        "except LogLockedError:\n"
+        "    sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(log_dir)],
+        cwd=Path(__file__).parents[2],
+        check=False,
+    )
+    assert result.returncode == 3
