@@ -22,7 +22,6 @@ from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
     BrokerConfig,
-    FsyncPolicy,
     RetryPolicy,
     StartFrom,
     SubscriberConfig,
@@ -239,9 +238,7 @@ class Broker:
         )
         self._log = await asyncio.to_thread(log.open)
         try:
-            self._store = await StateStore.open(
-                self.data_dir / "state.db", durable=cfg.fsync is FsyncPolicy.ALWAYS
-            )
+            self._store = await StateStore.open(self.data_dir / "state.db")
             if cfg.index_events:
                 self._index = await EventIndex.open(self.data_dir / "index.db")
         except BaseException:
@@ -537,6 +534,12 @@ class Broker:
                 continue
             if heartbeat:
                 last_heartbeat = now
+                # An idle log still rolls its active segment by age, so that the segment
+                # becomes sealed (and archivable, and removable by retention) on time.
+                try:
+                    await asyncio.to_thread(self.log.roll_if_due)
+                except Exception:
+                    logger.exception("could not roll the active segment")
 
     async def _control_loop(self) -> None:
         interval = self.config.control_poll_interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ __all__ = ["EventIndexer", "index_records"]
 logger = logging.getLogger("localbroker.index")
 
 BATCH = 5000
+INDEX_DELAY = 0.1
 
 
 def index_records(records: list[Record]) -> list[IndexedEvent]:
@@ -66,3 +68,7 @@ class EventIndexer:
             await self.catch_up()
             assert self.position is not None
             await self.broker.wait_for_append(self.position)
+            # Index in batches a tenth of a second apart rather than after every append: the
+            # index may lag that much (queries read the rest from the log), publishing is not
+            # slowed down by a database write per group commit.
+            await asyncio.sleep(INDEX_DELAY)

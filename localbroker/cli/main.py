@@ -302,3 +302,7 @@ _dlq_action(
 def main() -> None:
     """Entry point of the ``localbroker`` console script."""
     cli()
+
+
+if __name__ == "__main__":
+    main()
