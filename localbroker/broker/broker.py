@@ -365,7 +365,7 @@ class Broker:
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
         payload = encode_event(prepared)
-        offset = await self._append([(int(prepared.time.timestamp() * 1000), payload)])
+        offset = await self._append([(int(time.time() * 1000), payload)])
         return PublishResult(prepared.id, prepared.topic, offset, prepared.correlation_id)
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishResult]:
@@ -373,7 +373,10 @@ class Broker:
         prepared = [self._prepare(e, None) for e in events]
         if not prepared:
             return []
-        records = [(int(e.time.timestamp() * 1000), encode_event(e)) for e in prepared]
+        # The record's timestamp is the append time (not the event's own time, which an
+        # inbound synced event keeps from its origin), so it grows with the offset.
+        now = int(time.time() * 1000)
+        records = [(now, encode_event(e)) for e in prepared]
         first = await self._append(records)
         return [
             PublishResult(e.id, e.topic, first + i, e.correlation_id)
