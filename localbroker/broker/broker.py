@@ -281,10 +281,12 @@ class Broker:
                 await extension.close()
             except Exception:
                 logger.exception("extension %r failed to close", extension)
-        assert self._writer is not None
-        await self._writer.close()
+        # Handlers first (a cancelled one stays in flight and is redelivered after a restart),
+        # so that none publishes into a closed writer; then everything buffered is written.
         for runtime in self._runtimes.values():
             await runtime.stop()
+        assert self._writer is not None
+        await self._writer.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
