@@ -433,9 +433,7 @@ class Broker:
 
     async def _append(self, records: list[tuple[int, bytes]]) -> int:
         if self._writer is None or self._closed:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return await self._writer.append(records)
 
     def _on_visible(self, next_offset: int) -> None:
@@ -467,18 +465,14 @@ class Broker:
     def log(self) -> CommitLog:
         """The commit log (open while the broker runs)."""
         if self._log is None:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return self._log
 
     @property
     def store(self) -> StateStore:
         """The state store (open while the broker runs)."""
         if self._store is None:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return self._store
 
     @property
