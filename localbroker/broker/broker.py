@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -103,6 +104,8 @@ class Broker:
         self.visible_offset = 0
         self._started = False
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
         """The dead letter queue: list, show, retry and discard entries."""
 
@@ -229,6 +232,8 @@ class Broker:
         if self._closed:
             raise BrokerStateError("a closed broker cannot be started again; create a new one")
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._append_event = asyncio.Event()
         self._idle_event = asyncio.Event()
         log = CommitLog(
@@ -384,6 +389,34 @@ class Broker:
             PublishResult(e.id, e.topic, first + i, e.correlation_id)
             for i, e in enumerate(prepared)
         ]
+
+    def publish_sync(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = 30.0,
+    ) -> PublishResult:
+        """:meth:`publish` from a thread (a plain ``def`` handler): blocks until stored.
+
+        The chain is kept: an event published from a handler's thread joins its chain.
+        Must not be called from the event loop's own thread (it would wait on itself).
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            raise BrokerStateError.not_running()
+        if threading.get_ident() == self._loop_thread:
+            raise BrokerStateError(
+                "publish_sync called on the event loop: use 'await publish(...)'"
+            )
+        # run_coroutine_threadsafe runs the coroutine in a copy of this thread's context, so
+        # the chain scope set for the handler's thread comes along.
+        future = asyncio.run_coroutine_threadsafe(
+            self.publish(event, data, key=key, headers=headers), loop
+        )
+        return future.result(timeout)
 
     def _prepare(
         self,
