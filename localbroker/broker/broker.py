@@ -37,7 +37,7 @@ from localbroker.events import (
     encode_event,
 )
 from localbroker.log import CommitLog, Record
-from localbroker.state.event_index import EventIndex
+from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.store import StateStore
 from localbroker.topics import TopicPattern, validate_topic
 
@@ -250,16 +250,18 @@ class Broker:
             await asyncio.to_thread(log.close)
             raise
         self.visible_offset = self._log.next_offset
+        if self._index is not None:
+            self._indexer = EventIndexer(self, self._index)
         self._writer = LogWriter(
             self._log,
             fsync=cfg.fsync,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             on_visible=self._on_visible,
+            on_appended=self._indexer.feed if self._indexer is not None else None,
         )
         self._writer.start()
         self._started = True
-        if self._index is not None:
-            self._indexer = EventIndexer(self, self._index)
+        if self._indexer is not None:
             self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
         for subscription in list(self._subscriptions.values()):
             await self._start_subscriber(subscription)
@@ -372,7 +374,8 @@ class Broker:
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
         payload = encode_event(prepared)
-        offset = await self._append([(int(time.time() * 1000), payload)])
+        now = time.time()
+        offset = await self._append([(int(now * 1000), payload)], [_meta(prepared, now)])
         return PublishResult(prepared.id, prepared.topic, offset, prepared.correlation_id)
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishResult]:
@@ -382,9 +385,9 @@ class Broker:
             return []
         # The record's timestamp is the append time (not the event's own time, which an
         # inbound synced event keeps from its origin), so it grows with the offset.
-        now = int(time.time() * 1000)
-        records = [(now, encode_event(e)) for e in prepared]
-        first = await self._append(records)
+        now = time.time()
+        records = [(int(now * 1000), encode_event(e)) for e in prepared]
+        first = await self._append(records, [_meta(e, now) for e in prepared])
         return [
             PublishResult(e.id, e.topic, first + i, e.correlation_id)
             for i, e in enumerate(prepared)
@@ -464,10 +467,10 @@ class Broker:
             event.causation_id = scope.causation_id
         return event
 
-    async def _append(self, records: list[tuple[int, bytes]]) -> int:
+    async def _append(self, records: list[tuple[int, bytes]], metas: list[IndexMeta]) -> int:
         if self._writer is None or self._closed:
             raise BrokerStateError.not_running()
-        return await self._writer.append(records)
+        return await self._writer.append(records, metas)
 
     def _on_visible(self, next_offset: int) -> None:
         self.visible_offset = next_offset
@@ -581,3 +584,15 @@ class Broker:
                 await self.dlq.execute_requests()
             except Exception:
                 logger.exception("failed to carry out operator requests")
+
+
+def _meta(event: Event, appended: float) -> IndexMeta:
+    # The record's timestamp is int(appended * 1000): index the same (millisecond) time.
+    return (
+        event.id,
+        event.topic,
+        event.key,
+        int(appended * 1000) / 1000,
+        event.correlation_id,
+        event.causation_id,
+    )

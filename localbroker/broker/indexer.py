@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from localbroker.errors import SerializationError
 from localbroker.events import decode_envelope
 from localbroker.log import Record
-from localbroker.state.event_index import EventIndex, IndexedEvent
+from localbroker.state.event_index import EventIndex, IndexedEvent, IndexMeta
 
 if TYPE_CHECKING:
     from localbroker.broker.broker import Broker
@@ -20,6 +20,7 @@ logger = logging.getLogger("localbroker.index")
 
 BATCH = 5000
 INDEX_DELAY = 0.1
+FEED_LIMIT = 100_000  # rows kept in memory while the index falls behind
 SLICE = 100  # records decoded between two yields to the event loop (~0.2 ms)
 
 
@@ -52,12 +53,40 @@ class EventIndexer:
         self.broker = broker
         self.index = index
         self.position: int | None = None
+        # Rows of events this process appended, handed over by the writer: indexing them
+        # needs no read and no JSON decoding of the log. Bounded: past the cap the indexer
+        # drops them and reads the log instead.
+        self._fed: list[IndexedEvent] = []
+
+    def feed(self, first_offset: int, metas: list[IndexMeta]) -> None:
+        """Rows for records just appended at ``first_offset``, ``first_offset + 1``, ..."""
+        if len(self._fed) > FEED_LIMIT:
+            return
+        if self._fed and self._fed[-1].offset + 1 != first_offset:
+            self._fed.clear()  # not contiguous: fall back to reading the log
+        self._fed.extend(IndexedEvent(first_offset + i, *meta) for i, meta in enumerate(metas))
+
+    def _take_fed(self, position: int, visible: int) -> list[IndexedEvent]:
+        fed = self._fed
+        if not fed or fed[0].offset != position:
+            self._fed = [r for r in fed if r.offset >= position] if fed else fed
+            if not self._fed or self._fed[0].offset != position:
+                return []
+            fed = self._fed
+        count = min(len(fed), visible - position, BATCH)
+        rows, self._fed = fed[:count], fed[count:]
+        return rows
 
     async def catch_up(self) -> None:
         """Index everything visible now."""
         if self.position is None:
             self.position = max(await self.index.next_offset(), self.broker.log.start_offset)
         while self.position < self.broker.visible_offset:
+            fed = self._take_fed(self.position, self.broker.visible_offset)
+            if fed:
+                await self.index.add(fed)
+                self.position = fed[-1].offset + 1
+                continue
             records = self.broker.read_log(self.position, BATCH)
             if not records:
                 break

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from localbroker.config import FsyncPolicy
 from localbroker.errors import BrokerStateError, LocalBrokerError
 from localbroker.log import CommitLog
+from localbroker.state.event_index import IndexMeta
 
 __all__ = ["LogWriter"]
 
@@ -34,12 +35,15 @@ class LogWriter:
         fsync: FsyncPolicy,
         fsync_interval: float,
         on_visible: Callable[[int], None],
+        on_appended: Callable[[int, list[IndexMeta]], None] | None = None,
     ) -> None:
         self._log = log
         self._fsync = fsync
         self._interval = fsync_interval
         self._on_visible = on_visible
+        self._on_appended = on_appended
         self._records: list[tuple[int, bytes]] = []
+        self._metas: list[IndexMeta] = []
         self._waiters: list[tuple[int, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -55,12 +59,17 @@ class LogWriter:
         if self._fsync is FsyncPolicy.INTERVAL:
             self._interval_task = asyncio.create_task(self._sync_every_interval())
 
-    async def append(self, records: Sequence[tuple[int, bytes]]) -> int:
-        """Append ``(timestamp_ms, payload)`` records; return the first offset once stored."""
+    async def append(self, records: Sequence[tuple[int, bytes]], metas: Sequence[IndexMeta]) -> int:
+        """Append ``(timestamp_ms, payload)`` records; return the first offset once stored.
+
+        ``metas`` (one per record) go to ``on_appended`` with the records' offsets, so the
+        event index is fed without decoding the records again.
+        """
         if self._closing or self._task is None:
             raise BrokerStateError.not_running()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._records.extend(records)
+        self._metas.extend(metas)
         self._waiters.append((len(records), future))
         self._wake.set()
         return await future
@@ -86,8 +95,8 @@ class LogWriter:
                 if self._closing:
                     return
                 continue
-            records, waiters = self._records, self._waiters
-            self._records, self._waiters = [], []
+            records, waiters, metas = self._records, self._waiters, self._metas
+            self._records, self._waiters, self._metas = [], [], []
             try:
                 first = self._log.append(records)
                 if self._fsync is FsyncPolicy.ALWAYS:
@@ -106,6 +115,8 @@ class LogWriter:
                 if not future.done():
                     future.set_result(offset)
                 offset += count
+            if self._on_appended is not None:
+                self._on_appended(first, metas)
             self._on_visible(offset)
             if self._closing and not self._records:
                 return

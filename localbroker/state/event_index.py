@@ -15,7 +15,10 @@ import aiosqlite
 from localbroker.state.schema import INDEX_SCHEMA
 from localbroker.state.store import connect
 
-__all__ = ["EventIndex", "IndexedEvent"]
+__all__ = ["EventIndex", "IndexMeta", "IndexedEvent"]
+
+IndexMeta = tuple[str, str, "str | None", float, "str | None", "str | None"]
+"""``(id, topic, key, time, correlation_id, causation_id)`` of an event about to be appended."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

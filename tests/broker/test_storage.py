@@ -112,3 +112,31 @@ async def test_segments_roll_by_size_and_an_idle_one_by_age(tmp_path: Path) -> N
     assert len(segments) == count + 1
     assert all(s.sealed for s in segments[:-1])
     assert segments[-1].size_bytes == 0
+
+
+async def test_index_fed_by_the_writer_matches_an_index_rebuilt_from_the_log(
+    tmp_path: Path,
+) -> None:
+    from localbroker.broker.indexer import index_records
+    from localbroker.state.event_index import IndexedEvent
+
+    broker = Broker(tmp_path, start_from="earliest")
+
+    @broker.subscriber("note.added", name="echo")
+    async def echo(event: Note) -> None:
+        if event.n < 5:
+            await broker.publish("note.echoed", {"n": event.n}, key=str(event.n))
+
+    async with broker:
+        await broker.publish_many(Note(n=i) for i in range(10))
+        await broker.publish(Note(n=3, key="k"))
+        await broker.wait_idle()
+        assert broker._indexer is not None
+        await broker._indexer.catch_up()
+        index = broker._index
+        assert index is not None
+        async with index.db.execute('SELECT * FROM events ORDER BY "offset"') as cur:
+            fed = [IndexedEvent(*row) for row in await cur.fetchall()]
+        rebuilt = index_records(broker.log.read(0, max_records=1000))
+    assert len(fed) == 17  # 11 notes, 6 echoes
+    assert fed == rebuilt
