@@ -43,7 +43,7 @@ from .errors import (
 from .extension import Archive
 from .manifest import Manifest, manifest_key, segment_key
 from .reader import ArchivedEvent, ArchiveReader, read
-from .tiering import ArchiveState, Tiering
+from .tiering import ArchiveState, LocalStatus, Tiering, archive_now, local_status
 
 __all__ = [
     "Archive",
@@ -55,11 +55,14 @@ __all__ = [
     "ArchiveState",
     "ArchiveUnavailableError",
     "ArchivedEvent",
+    "LocalStatus",
     "Manifest",
     "RetentionPolicy",
     "S3Location",
     "Tiering",
+    "archive_now",
     "load_archive_config",
+    "local_status",
     "manifest_key",
     "read",
     "segment_key",

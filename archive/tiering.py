@@ -11,18 +11,21 @@ import asyncio
 import logging
 import time
 from bisect import bisect_right
+from pathlib import Path
 
 from pydantic import BaseModel
 
+from localbroker.errors import BrokerStateError, LogLockedError
 from localbroker.log import CommitLog, SegmentInfo
 from localbroker.state.store import StateStore
+from localbroker.view import BrokerView
 
-from .config import RetentionPolicy
+from .config import ArchiveConfig, RetentionPolicy
 from .errors import ArchiveError
 from .manifest import Manifest
 from .s3 import S3Store
 
-__all__ = ["STATE_KEY", "ArchiveState", "Tiering"]
+__all__ = ["STATE_KEY", "ArchiveState", "Tiering", "archive_now", "local_status"]
 
 logger = logging.getLogger("localbroker.archive")
 
@@ -119,6 +122,7 @@ class Tiering:
                 manifest = await asyncio.to_thread(self.s3.upload_segment, segment.path)
             except ArchiveError as exc:
                 await self.record_error(exc)
+                self.loaded = False  # next time: list again and abort what the failure left
                 raise
             self._add(manifest)
             done.append(manifest)
@@ -202,3 +206,66 @@ class Tiering:
         state.archived_until = self.manifests[-1].next_offset if self.manifests else 0
         if self.store is not None and not self.store.readonly:
             await self.store.set_value(STATE_KEY, state.model_dump(mode="json"))
+
+
+async def archive_now(
+    data_dir: Path, config: ArchiveConfig
+) -> tuple[list[Manifest], list[SegmentInfo]]:
+    """Upload the pending sealed segments of a data directory no broker runs on, then apply
+    retention; return the new manifests and the deleted segments (``localbroker archive run``).
+
+    Raises :class:`BrokerStateError` when a broker runs on the directory: its own archive
+    uploads within ``upload_interval``.
+    """
+    log = CommitLog(data_dir / "log")
+    try:
+        await asyncio.to_thread(log.open)
+    except LogLockedError:
+        raise BrokerStateError(
+            f"a broker runs on {data_dir}: its Archive extension uploads by itself "
+            "(every upload_interval); stop it to archive from the command line"
+        ) from None
+    try:
+        store = await StateStore.open(data_dir / "state.db")
+        try:
+            s3 = await asyncio.to_thread(S3Store, config)
+            await asyncio.to_thread(s3.check)
+            tiering = Tiering(log, s3, store=store, retention=config.retention)
+            uploaded = await tiering.upload_pending()
+            return uploaded, tiering.apply_retention()
+        finally:
+            await store.close()
+    finally:
+        await asyncio.to_thread(log.close)
+
+
+class LocalStatus(BaseModel):
+    """``localbroker archive status``: the local segments against what was archived."""
+
+    archive: ArchiveState | None
+    """What the broker's archive last recorded (None: the directory was never archived)."""
+    local_segments: int
+    local_bytes: int
+    local_start_offset: int
+    pending_segments: int
+    """Sealed local segments not archived yet."""
+    pending_bytes: int
+
+
+async def local_status(data_dir: Path) -> LocalStatus:
+    """Archive status of a data directory, from local files only (no S3 needed)."""
+    async with BrokerView(data_dir) as view:
+        raw = await view.store.get_value(STATE_KEY)
+        segments = view.log.segments()
+        start = view.log.start_offset
+    state = ArchiveState.model_validate(raw) if raw is not None else None
+    until = state.archived_until if state is not None else 0
+    pending = [s for s in segments if s.sealed and s.next_offset > until]
+    return LocalStatus(
+        archive=state,
+        local_segments=len(segments),
+        local_bytes=sum(s.size_bytes for s in segments),
+        local_start_offset=start,
+        pending_segments=len(pending),
+        pending_bytes=sum(s.size_bytes for s in pending),
+    )

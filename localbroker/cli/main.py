@@ -15,6 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from localbroker.cli import archive_cmds
 from localbroker.cli.render import chain_tree, subscribers_table
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
@@ -299,6 +300,14 @@ _dlq_action(
 )
 
 
+cli.add_command(archive_cmds.archive)
+cli.add_command(archive_cmds.export)
+
+
 def main() -> None:
     """Entry point of the ``localbroker`` console script."""
     cli()
+
+
+if __name__ == "__main__":
+    main()
