@@ -9,8 +9,8 @@ from typing import Any
 
 import boto3
 import pytest
-from localbroker.archive import ArchiveConfig
 
+from localbroker.archive import ArchiveConfig
 from tests.servers.s3 import DUMMY_CREDENTIALS, S3Server
 
 _buckets = itertools.count()

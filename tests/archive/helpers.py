@@ -6,9 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from localbroker.archive import Archive, ArchiveConfig
-
 from localbroker import Broker
+from localbroker.archive import Archive, ArchiveConfig
 
 
 def make_broker(data: Path, config: ArchiveConfig, **options: Any) -> tuple[Broker, Archive]:

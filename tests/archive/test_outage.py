@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localbroker.archive import ArchiveConfig, ArchiveReader, RetentionPolicy, manifest_key
 
 from localbroker import ArchiveError
+from localbroker.archive import ArchiveConfig, ArchiveReader, RetentionPolicy, manifest_key
 from tests.archive.helpers import make_broker, object_keys
 from tests.servers.s3 import S3Server
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from localbroker.archive import ArchiveConfig, ArchiveReader, read
 
+from localbroker.archive import ArchiveConfig, ArchiveReader, read
 from localbroker.cli.main import cli
 from tests.archive.helpers import make_broker, publish_numbered
 

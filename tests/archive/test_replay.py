@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localbroker.archive import ArchiveChecksumError, ArchiveConfig, RetentionPolicy, segment_key
-from localbroker.archive.reader import ArchiveReader
 
 from localbroker import Broker, GenericEvent
+from localbroker.archive import ArchiveChecksumError, ArchiveConfig, RetentionPolicy, segment_key
+from localbroker.archive.reader import ArchiveReader
 from tests.archive.helpers import make_broker, publish_numbered
 
 pytestmark = pytest.mark.s3

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from localbroker import ArchiveError, Broker, ConfigurationError
 from localbroker.archive import (
     Archive,
     ArchiveAccessError,
@@ -15,8 +17,6 @@ from localbroker.archive import (
     manifest_key,
     segment_key,
 )
-
-from localbroker import ArchiveError, Broker, ConfigurationError
 from localbroker.log import scan_segment
 from tests.archive.helpers import make_broker, object_keys, publish_numbered, sha256_of
 from tests.servers.s3 import S3Server
