@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m benchmarks` runs every bench_*.py module."""
+"""Benchmarks, run on demand (``python -m benchmarks``), never as part of the test suite."""
