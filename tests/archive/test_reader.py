@@ -34,6 +34,18 @@ async def invoke(args: list[str]) -> Any:
     return await asyncio.to_thread(CliRunner().invoke, cli, args)
 
 
+async def export(config: ArchiveConfig, *args: str) -> Any:
+    location = [
+        "--bucket",
+        config.bucket,
+        "--prefix",
+        "shop",
+        "--endpoint-url",
+        str(config.endpoint_url),
+    ]
+    return await invoke(["export", *args, *location])
+
+
 def count_segment_gets(reader: ArchiveReader) -> list[str]:
     gets: list[str] = []
 
@@ -84,22 +96,8 @@ async def test_reader_filters_by_topic_and_time_and_reads_only_overlapping_segme
 async def test_export_jsonl_round_trips(tmp_path: Path, archive_config: ArchiveConfig) -> None:
     everything = await archived_history(tmp_path / "data", archive_config)
     out = tmp_path / "out.jsonl"
-    result = await invoke(
-        [
-            "export",
-            "--topic",
-            "user.seen",
-            "--format",
-            "jsonl",
-            "-o",
-            str(out),
-            "--bucket",
-            archive_config.bucket,
-            "--prefix",
-            "shop",
-            "--endpoint-url",
-            str(archive_config.endpoint_url),
-        ],
+    result = await export(
+        archive_config, "--topic", "user.seen", "--format", "jsonl", "-o", str(out)
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -110,21 +108,7 @@ async def test_export_parquet(tmp_path: Path, archive_config: ArchiveConfig) -> 
     pq = pytest.importorskip("pyarrow.parquet")
     everything = await archived_history(tmp_path / "data", archive_config)
     out = tmp_path / "out.parquet"
-    result = await invoke(
-        [
-            "export",
-            "--format",
-            "parquet",
-            "-o",
-            str(out),
-            "--bucket",
-            archive_config.bucket,
-            "--prefix",
-            "shop",
-            "--endpoint-url",
-            str(archive_config.endpoint_url),
-        ],
-    )
+    result = await export(archive_config, "--format", "parquet", "-o", str(out))
     assert result.exit_code == 0, result.output
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == [e["id"] for e in everything]
