@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from localbroker import Broker, GenericEvent
-from localbroker.broker.broker import ColdReader
+from localbroker import Broker, ColdReader, GenericEvent
 from localbroker.errors import ArchiveError
 from localbroker.log import Record
 
