@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,18 @@ async def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOCALBROKER_ARCHIVE_PART_SIZE")
     with pytest.raises(ConfigurationError, match="LOCALBROKER_ARCHIVE_BUCKET"):
         Archive()
+
+
+async def test_background_loop_uploads_while_publishing(
+    tmp_path: Path, archive_config: ArchiveConfig
+) -> None:
+    config = archive_config.model_copy(update={"upload_interval": 0.05})
+    broker, archive = make_broker(tmp_path / "data", config)
+    async with broker:
+        await publish_numbered(broker, 200)
+        sealed = [s.base_offset for s in broker.log.segments() if s.sealed]
+        async with asyncio.timeout(10):
+            while archive.status().archived_segments < len(sealed):  # noqa: ASYNC110 (polls S3 progress)
+                await asyncio.sleep(0.05)
+        assert archive.tiering.pending() == []
+        assert [m.base_offset for m in archive.tiering.manifests] == sealed
