@@ -16,7 +16,7 @@ Example::
         await broker.publish(UserCreated(user_id="u1"))
 """
 
-from localbroker.broker.broker import Broker, Extension
+from localbroker.broker.broker import Broker, ColdReader, Extension
 from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
@@ -44,6 +44,7 @@ __all__ = [
     "BrokerStateError",
     "Chain",
     "ChainNode",
+    "ColdReader",
     "Command",
     "ConfigurationError",
     "CorruptLogError",

@@ -41,7 +41,7 @@ from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.store import StateStore
 from localbroker.topics import TopicPattern, validate_topic
 
-__all__ = ["Broker", "Extension"]
+__all__ = ["Broker", "ColdReader", "Extension"]
 
 logger = logging.getLogger("localbroker")
 
@@ -55,6 +55,28 @@ class Extension(Protocol):
     async def start(self, broker: Broker) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ColdReader(Protocol):
+    """Serves records that retention deleted from the local log (e.g. from an S3 archive).
+
+    An extension sets :attr:`Broker.cold_reader` in its ``start``; subscribers whose position
+    is below the local log's start then read from it, and ``start_from="earliest"`` begins at
+    its :meth:`first_offset`.
+    """
+
+    def first_offset(self) -> int | None:
+        """The first offset it can serve, or None when it holds nothing."""
+        ...
+
+    async def read(self, offset: int, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records from ``offset`` on, in order, without gaps.
+
+        Raises :class:`~localbroker.errors.NotFoundError` for an offset it does not hold, and a
+        :class:`~localbroker.errors.LocalBrokerError` with ``retriable`` set when it may pass.
+        """
+        ...
 
 
 class Broker:
@@ -102,6 +124,8 @@ class Broker:
         self._append_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
         self.visible_offset = 0
+        self.cold_reader: ColdReader | None = None
+        """Set by an extension to serve offsets below the local log's start (see ColdReader)."""
         self._started = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,14 +285,20 @@ class Broker:
         )
         self._writer.start()
         self._started = True
+        try:
+            # Extensions first: one may provide the cold reader that new subscribers starting
+            # from "earliest" begin with.
+            for extension in self.extensions:
+                await extension.start(self)
+        except BaseException:
+            await self.close()  # release the log lock: the caller gets the extension's error
+            raise
         if self._indexer is not None:
             self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
         for subscription in list(self._subscriptions.values()):
             await self._start_subscriber(subscription)
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
         self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
-        for extension in self.extensions:
-            await extension.start(self)
         logger.info(
             "broker started on %s: offsets %d..%d, %d subscribers",
             self.data_dir,
@@ -328,15 +358,16 @@ class Broker:
 
     async def _start_offset(self, start_from: StartFrom | int | datetime) -> int:
         log = self.log
+        first = self.first_offset
         if start_from is StartFrom.EARLIEST:
-            return log.start_offset
+            return first
         if start_from is StartFrom.LATEST:
             return log.next_offset
         if isinstance(start_from, int):
-            if not log.start_offset <= start_from <= log.next_offset:
+            if not first <= start_from <= log.next_offset:
                 raise ConfigurationError(
                     f"start_from offset {start_from} is outside the log "
-                    f"({log.start_offset}..{log.next_offset})"
+                    f"({first}..{log.next_offset})"
                 )
             return start_from
         return await asyncio.to_thread(self._offset_at_time, start_from)
@@ -494,6 +525,21 @@ class Broker:
         if records and records[-1].offset >= visible:
             records = [r for r in records if r.offset < visible]
         return records
+
+    async def fetch_log(self, offset: int, max_records: int) -> list[Record]:
+        """Like :meth:`read_log`, but offsets deleted locally come from the cold reader."""
+        start = self.log.start_offset
+        if offset < start and self.cold_reader is not None:
+            # Stop at the local start: the rest is read locally, so nothing comes twice.
+            return await self.cold_reader.read(offset, min(max_records, start - offset))
+        return self.read_log(offset, max_records)
+
+    @property
+    def first_offset(self) -> int:
+        """The first offset subscribers can read: the cold reader's, else the local log's."""
+        start = self.log.start_offset
+        cold = self.cold_reader.first_offset() if self.cold_reader is not None else None
+        return start if cold is None else min(cold, start)
 
     # -- state -----------------------------------------------------------------------------
 

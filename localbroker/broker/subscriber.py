@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from localbroker.broker.context import enter_handler, leave_handler
 from localbroker.broker.delivery import Delivery, DeliveryContext, HandlerSpec
 from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
-from localbroker.errors import NotFoundError, RejectEvent, SerializationError
+from localbroker.errors import LocalBrokerError, RejectEvent, SerializationError
 from localbroker.events import decode_envelope, to_event
 from localbroker.state.store import SubscriberState
 from localbroker.topics import TopicPattern
@@ -28,6 +28,8 @@ __all__ = ["Subscription"]
 logger = logging.getLogger("localbroker.delivery")
 
 READ_BATCH = 512
+#: Seconds between tries when reading fails with a retriable error (an unreachable archive).
+READ_RETRY_DELAY = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,7 +202,17 @@ class SubscriberRuntime:
                 await broker.wait_for_append(self.position)
                 continue
             limit = min(READ_BATCH, self.max_in_flight - len(self.pending))
-            records = broker.read_log(self.position, limit)
+            try:
+                records = await broker.fetch_log(self.position, limit)
+            except LocalBrokerError as exc:
+                if not exc.retriable:
+                    raise
+                # E.g. the archive is unreachable: wait, never skip.
+                logger.warning(
+                    "subscriber %s cannot read offset %d: %s", self.name, self.position, exc
+                )
+                await asyncio.sleep(READ_RETRY_DELAY)
+                continue
             for record in records:
                 offset = record.offset
                 self.position = offset + 1
@@ -267,8 +279,8 @@ class SubscriberRuntime:
             if entry.offset in self.redelivering or entry.offset in self.pending:
                 continue
             try:
-                records = self.broker.read_log(entry.offset, 1)
-            except NotFoundError as exc:
+                records = await self.broker.fetch_log(entry.offset, 1)
+            except LocalBrokerError as exc:
                 logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
                 continue
             envelope = decode_envelope(records[0].payload)

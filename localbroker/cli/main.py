@@ -15,6 +15,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from localbroker.cli import archive_cmds
 from localbroker.cli.render import chain_tree, subscribers_table
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
@@ -297,6 +298,10 @@ _dlq_action(
     "discarded",
     "Give up on a DLQ entry (it stays listed as discarded).",
 )
+
+
+cli.add_command(archive_cmds.archive)
+cli.add_command(archive_cmds.export)
 
 
 def main() -> None:

@@ -1,0 +1,229 @@
+"""``localbroker archive status|run`` and ``localbroker export``: thin layers over localbroker.archive.
+
+``localbroker.archive`` (boto3) is imported inside the commands, so ``localbroker --help`` works
+without the ``s3`` extra and a missing extra is reported by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from localbroker.errors import ConfigurationError, LocalBrokerError
+
+__all__ = ["archive", "export"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+err_console = Console(stderr=True)
+
+# Like main.py's helpers; repeated (small) because main.py imports this module to register it.
+data_option = click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="LOCALBROKER_DATA_DIR",
+    required=True,
+    help="Data directory of the broker (env LOCALBROKER_DATA_DIR).",
+)
+
+
+def run(coro_fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async command; localbroker errors become a clean message and exit code 1."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            asyncio.run(coro_fn(*args, **kwargs))
+        except LocalBrokerError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def _time(seconds: float | None) -> str:
+    return (
+        "-"
+        if seconds is None
+        else datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    )
+
+
+def _archive_module() -> Any:
+    try:
+        import localbroker.archive as module
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the archive needs the 's3' extra: pip install 'localbroker[s3]' ({exc})"
+        ) from None
+    return module
+
+
+def s3_options(fn: F) -> F:
+    """``--bucket``, ``--prefix``, ``--endpoint-url`` (else LOCALBROKER_ARCHIVE_* variables)."""
+    for option in reversed(
+        [
+            click.option("--bucket", help="S3 bucket (env LOCALBROKER_ARCHIVE_BUCKET)."),
+            click.option(
+                "--prefix", help="Key prefix (env LOCALBROKER_ARCHIVE_PREFIX, default localbroker)."
+            ),
+            click.option(
+                "--endpoint-url",
+                help="S3-compatible endpoint, e.g. MinIO (env LOCALBROKER_ARCHIVE_ENDPOINT_URL).",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def archive() -> None:
+    """Archive status, and uploading sealed segments to S3 now.
+
+    Example: localbroker archive status --data ./data
+    """
+
+
+@archive.command()
+@data_option
+@run
+async def status(data: Path) -> None:
+    """Segments local, archived and pending, bytes, the last upload and the last error.
+
+    Reads local files only (no S3 access needed).
+
+    Example: localbroker archive status --data ./data
+    """
+    report = await _archive_module().local_status(data)
+    table = Table("", "value", title=f"Archive of {data}")
+    table.add_row("local segments", f"{report.local_segments} ({report.local_bytes:,} bytes)")
+    table.add_row("local start offset", str(report.local_start_offset))
+    table.add_row("pending upload", f"{report.pending_segments} ({report.pending_bytes:,} bytes)")
+    state = report.archive
+    if state is None:
+        table.add_row("archived", "never (no Archive extension has run on this directory)")
+    else:
+        table.add_row("location", state.location)
+        table.add_row(
+            "archived segments", f"{state.archived_segments} ({state.archived_bytes:,} bytes)"
+        )
+        first = "-" if state.first_offset is None else str(state.first_offset)
+        table.add_row("archived offsets", f"{first}..{state.archived_until}")
+        table.add_row("last upload", _time(state.last_upload))
+        error = state.last_error or "-"
+        if state.last_error_at is not None:
+            error = f"{_time(state.last_error_at)} {error}"
+        table.add_row("last error", error)
+    console.print(table)
+
+
+@archive.command("run")
+@data_option
+@s3_options
+@run
+async def run_archive(
+    data: Path, bucket: str | None, prefix: str | None, endpoint_url: str | None
+) -> None:
+    """Upload every sealed segment not archived yet, then apply retention.
+
+    For a directory no broker runs on (a running broker's Archive extension uploads by itself).
+
+    Example: localbroker archive run --data ./data --bucket events --prefix shop
+    """
+    module = _archive_module()
+    config = module.load_archive_config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url)
+    with console.status("uploading..."):
+        uploaded, deleted = await module.archive_now(data, config)
+    size = sum(m.size_bytes for m in uploaded)
+    console.print(
+        f"uploaded {len(uploaded)} segments ({size:,} bytes); retention deleted {len(deleted)}"
+    )
+
+
+def _when(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # times on the command line are UTC
+
+
+@click.command()
+@click.option(
+    "--topic", "topics", multiple=True, help="Topic or pattern (repeatable); default all."
+)
+@click.option("--since", type=click.DateTime(), help="Appended at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Appended before (UTC).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="parquet needs the 'parquet' extra (pyarrow).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file (default: stdout for jsonl; required for parquet).",
+)
+@s3_options
+@run
+async def export(
+    topics: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
+    output: Path | None,
+    bucket: str | None,
+    prefix: str | None,
+    endpoint_url: str | None,
+) -> None:
+    """Write archived events (from S3 alone) as JSON lines or Parquet, with a progress bar.
+
+    Example: localbroker export --topic 'order.>' --since 2026-11-01 --format parquet -o orders.parquet --bucket events
+    """
+    module = _archive_module()
+    from localbroker.archive.export import write_jsonl, write_parquet
+
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    config = module.load_archive_config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url)
+    reader = module.ArchiveReader(config)
+    selected = topics or None
+    since, until = _when(since), _when(until)
+    manifests = reader.manifests(selected, since, until)
+    progress = Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+
+    def events() -> Any:
+        for manifest in manifests:
+            yield from reader.events(selected, since, until, manifests=[manifest])
+            progress.advance(task, manifest.record_count)
+
+    with progress:
+        task = progress.add_task("export", total=sum(m.record_count for m in manifests))
+        if fmt == "parquet":
+            assert output is not None
+            count = write_parquet(events(), str(output))
+        elif output is None:
+            count = write_jsonl(events(), click.get_binary_stream("stdout"))
+        else:
+            with output.open("wb") as out:
+                count = write_jsonl(events(), out)
+    err_console.print(f"exported {count} events from {len(manifests)} archived segments")

@@ -1,0 +1,67 @@
+"""Fixtures of the archive tests: moto's S3 in server mode, a fresh bucket per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from localbroker.archive import ArchiveConfig
+from tests.servers.s3 import DUMMY_CREDENTIALS, S3Server
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in DUMMY_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, _aws_credentials: None) -> Iterator[Any]:
+    """A boto3 client of the test's own, to look at (and tamper with) the bucket."""
+    yield boto3.client(
+        "s3",
+        endpoint_url=s3_server.url,
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    s3_server.start()  # a test that stopped the server leaves it running for the next
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"archive-test-{next(_buckets)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def archive_config(s3_server: S3Server, bucket: str, tmp_path: Path) -> ArchiveConfig:
+    """Fast failure (one try, short timeouts), a long interval: tests call run_once."""
+    return ArchiveConfig(
+        bucket=bucket,
+        prefix="shop",
+        endpoint_url=s3_server.url,
+        upload_interval=3600,
+        connect_timeout=1,
+        read_timeout=10,
+        max_attempts=1,
+        cache_dir=tmp_path / "cache",
+    )
