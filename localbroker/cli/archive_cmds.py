@@ -6,9 +6,7 @@ without the ``s3`` extra and a missing extra is reported by name.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,44 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from localbroker.errors import ConfigurationError, LocalBrokerError
+from localbroker.cli.common import data_option, fmt_time, run
+from localbroker.errors import ConfigurationError
 
 __all__ = ["archive", "export"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
 err_console = Console(stderr=True)
-
-# Like main.py's helpers; repeated (small) because main.py imports this module to register it.
-data_option = click.option(
-    "--data",
-    "data",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="LOCALBROKER_DATA_DIR",
-    required=True,
-    help="Data directory of the broker (env LOCALBROKER_DATA_DIR).",
-)
-
-
-def run(coro_fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async command; localbroker errors become a clean message and exit code 1."""
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            asyncio.run(coro_fn(*args, **kwargs))
-        except LocalBrokerError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper
-
-
-def _time(seconds: float | None) -> str:
-    return (
-        "-"
-        if seconds is None
-        else datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    )
 
 
 def _archive_module() -> Any:
@@ -119,10 +87,10 @@ async def status(data: Path) -> None:
         )
         first = "-" if state.first_offset is None else str(state.first_offset)
         table.add_row("archived offsets", f"{first}..{state.archived_until}")
-        table.add_row("last upload", _time(state.last_upload))
+        table.add_row("last upload", fmt_time(state.last_upload))
         error = state.last_error or "-"
         if state.last_error_at is not None:
-            error = f"{_time(state.last_error_at)} {error}"
+            error = f"{fmt_time(state.last_error_at)} {error}"
         table.add_row("last error", error)
     console.print(table)
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 import orjson
@@ -16,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from localbroker.cli import archive_cmds
+from localbroker.cli.common import data_option, fmt_time, run
 from localbroker.cli.render import chain_tree, subscribers_table
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
@@ -24,40 +21,6 @@ from localbroker.view import BrokerView
 __all__ = ["cli", "main"]
 
 console = Console()
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def data_option(fn: F) -> F:
-    """``--data DIR``: the data directory (env LOCALBROKER_DATA_DIR)."""
-    return click.option(
-        "--data",
-        "data",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="LOCALBROKER_DATA_DIR",
-        required=True,
-        help="Data directory of the broker (env LOCALBROKER_DATA_DIR).",
-    )(fn)
-
-
-def run(coro_fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async command; turn localbroker errors into a clean message and exit code 1."""
-
-    @functools.wraps(coro_fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            asyncio.run(coro_fn(*args, **kwargs))
-        except LocalBrokerError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except KeyboardInterrupt:
-            pass
-
-    return wrapper
-
-
-def _time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @click.group()
@@ -160,8 +123,8 @@ async def inspect(directory: Path | None, data: Path | None) -> None:
                 f"{s.base_offset}..{s.next_offset}",
                 f"{s.size_bytes:,}",
                 "yes" if s.sealed else "active",
-                _time(s.first_timestamp / 1000 if s.first_timestamp else None),
-                _time(s.last_timestamp / 1000 if s.last_timestamp else None),
+                fmt_time(s.first_timestamp / 1000 if s.first_timestamp else None),
+                fmt_time(s.last_timestamp / 1000 if s.last_timestamp else None),
             )
         console.print(segments)
         console.print(subscribers_table(await view.subscribers()))
@@ -228,7 +191,7 @@ async def dlq_list(data: Path, subscriber: str | None, topic: str | None) -> Non
     )
     for e in entries:
         table.add_row(
-            str(e.id), e.subscriber, e.topic, e.event_id, str(e.tries), e.error, _time(e.dead_at)
+            str(e.id), e.subscriber, e.topic, e.event_id, str(e.tries), e.error, fmt_time(e.dead_at)
         )
     console.print(table)
 
@@ -251,7 +214,7 @@ async def dlq_show(entry_id: int, data: Path) -> None:
     console.print_json(record.payload.decode())
     for attempt in entry.attempts:
         console.print(
-            f"[bold]attempt {attempt.attempt}[/] {_time(attempt.time)} {attempt.kind}: {attempt.error}"
+            f"[bold]attempt {attempt.attempt}[/] {fmt_time(attempt.time)} {attempt.kind}: {attempt.error}"
         )
         console.print(attempt.traceback, highlight=False, markup=False)
 
