@@ -298,6 +298,10 @@ _dlq_action(
     "Give up on a DLQ entry (it stays listed as discarded).",
 )
 
+from localbroker.cli.dashboard_cmd import dashboard  # noqa: E402 - light: imports its extra lazily
+
+cli.add_command(dashboard)
+
 
 def main() -> None:
     """Entry point of the ``localbroker`` console script."""
