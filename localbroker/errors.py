@@ -47,6 +47,11 @@ class ConfigurationError(LocalBrokerError, ValueError):
 class BrokerStateError(LocalBrokerError):
     """The broker is not in a state that allows the call (not started, closed, ...)."""
 
+    @classmethod
+    def not_running(cls) -> BrokerStateError:
+        """The error for a call that needs a started broker."""
+        return cls("the broker is not running: use 'async with broker:' to start it")
+
 
 class LogLockedError(BrokerStateError):
     """Another process holds the writer lock on the log directory."""

@@ -15,10 +15,13 @@ from localbroker.errors import ConfigurationError
 __all__ = ["TopicPattern", "validate_topic"]
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-:]+$")
+_valid: set[str] = set()
 
 
 def validate_topic(topic: object) -> str:
     """Return ``topic`` if it is a valid concrete topic name, else raise ConfigurationError."""
+    if topic in _valid:
+        return topic
     if not isinstance(topic, str) or not topic:
         raise ConfigurationError(f"topic must be a non-empty string, got {topic!r}")
     for token in topic.split("."):
@@ -27,6 +30,8 @@ def validate_topic(topic: object) -> str:
                 f"invalid topic {topic!r}: tokens are letters, digits, '_', '-' or ':' "
                 "separated by single dots (wildcards are only for subscriptions)"
             )
+    if len(_valid) < 10_000:  # publishing checks every event's topic: remember good ones
+        _valid.add(topic)
     return topic
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -22,7 +23,6 @@ from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
     BrokerConfig,
-    FsyncPolicy,
     RetryPolicy,
     StartFrom,
     SubscriberConfig,
@@ -104,6 +104,8 @@ class Broker:
         self.visible_offset = 0
         self._started = False
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
         """The dead letter queue: list, show, retry and discard entries."""
 
@@ -230,6 +232,8 @@ class Broker:
         if self._closed:
             raise BrokerStateError("a closed broker cannot be started again; create a new one")
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._append_event = asyncio.Event()
         self._idle_event = asyncio.Event()
         log = CommitLog(
@@ -239,9 +243,7 @@ class Broker:
         )
         self._log = await asyncio.to_thread(log.open)
         try:
-            self._store = await StateStore.open(
-                self.data_dir / "state.db", durable=cfg.fsync is FsyncPolicy.ALWAYS
-            )
+            self._store = await StateStore.open(self.data_dir / "state.db")
             if cfg.index_events:
                 self._index = await EventIndex.open(self.data_dir / "index.db")
         except BaseException:
@@ -284,10 +286,12 @@ class Broker:
                 await extension.close()
             except Exception:
                 logger.exception("extension %r failed to close", extension)
-        assert self._writer is not None
-        await self._writer.close()
+        # Handlers first (a cancelled one stays in flight and is redelivered after a restart),
+        # so that none publishes into a closed writer; then everything buffered is written.
         for runtime in self._runtimes.values():
             await runtime.stop()
+        assert self._writer is not None
+        await self._writer.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -368,7 +372,7 @@ class Broker:
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
         payload = encode_event(prepared)
-        offset = await self._append([(int(prepared.time.timestamp() * 1000), payload)])
+        offset = await self._append([(int(time.time() * 1000), payload)])
         return PublishResult(prepared.id, prepared.topic, offset, prepared.correlation_id)
 
     async def publish_many(self, events: Iterable[Event]) -> list[PublishResult]:
@@ -376,12 +380,43 @@ class Broker:
         prepared = [self._prepare(e, None) for e in events]
         if not prepared:
             return []
-        records = [(int(e.time.timestamp() * 1000), encode_event(e)) for e in prepared]
+        # The record's timestamp is the append time (not the event's own time, which an
+        # inbound synced event keeps from its origin), so it grows with the offset.
+        now = int(time.time() * 1000)
+        records = [(now, encode_event(e)) for e in prepared]
         first = await self._append(records)
         return [
             PublishResult(e.id, e.topic, first + i, e.correlation_id)
             for i, e in enumerate(prepared)
         ]
+
+    def publish_sync(
+        self,
+        event: Event | str,
+        data: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = 30.0,
+    ) -> PublishResult:
+        """:meth:`publish` from a thread (a plain ``def`` handler): blocks until stored.
+
+        The chain is kept: an event published from a handler's thread joins its chain.
+        Must not be called from the event loop's own thread (it would wait on itself).
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            raise BrokerStateError.not_running()
+        if threading.get_ident() == self._loop_thread:
+            raise BrokerStateError(
+                "publish_sync called on the event loop: use 'await publish(...)'"
+            )
+        # run_coroutine_threadsafe runs the coroutine in a copy of this thread's context, so
+        # the chain scope set for the handler's thread comes along.
+        future = asyncio.run_coroutine_threadsafe(
+            self.publish(event, data, key=key, headers=headers), loop
+        )
+        return future.result(timeout)
 
     def _prepare(
         self,
@@ -431,9 +466,7 @@ class Broker:
 
     async def _append(self, records: list[tuple[int, bytes]]) -> int:
         if self._writer is None or self._closed:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return await self._writer.append(records)
 
     def _on_visible(self, next_offset: int) -> None:
@@ -465,18 +498,14 @@ class Broker:
     def log(self) -> CommitLog:
         """The commit log (open while the broker runs)."""
         if self._log is None:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return self._log
 
     @property
     def store(self) -> StateStore:
         """The state store (open while the broker runs)."""
         if self._store is None:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         return self._store
 
     @property
@@ -537,6 +566,12 @@ class Broker:
                 continue
             if heartbeat:
                 last_heartbeat = now
+                # An idle log still rolls its active segment by age, so that the segment
+                # becomes sealed (and archivable, and removable by retention) on time.
+                try:
+                    await asyncio.to_thread(self.log.roll_if_due)
+                except Exception:
+                    logger.exception("could not roll the active segment")
 
     async def _control_loop(self) -> None:
         interval = self.config.control_poll_interval

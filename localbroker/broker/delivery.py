@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import threading
 import typing
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,8 +45,9 @@ class DeliveryContext:
 
     __slots__ = (
         "_ack_timeout",
+        "_deadlines",
         "_loop",
-        "_timeout",
+        "_task",
         "attempt",
         "envelope",
         "offset",
@@ -64,7 +64,8 @@ class DeliveryContext:
         previous_errors: list[str],
         envelope: dict[str, Any],
         ack_timeout: float,
-        timeout: asyncio.Timeout,
+        deadlines: dict[asyncio.Task[None], float],
+        task: asyncio.Task[None],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.subscriber = subscriber
@@ -78,7 +79,8 @@ class DeliveryContext:
         self.envelope = envelope
         """The stored envelope (id, topic, time, key, chain ids, headers, data)."""
         self._ack_timeout = ack_timeout
-        self._timeout = timeout
+        self._deadlines = deadlines
+        self._task = task
         self._loop = loop
 
     def extend(self, seconds: float | None = None) -> None:
@@ -87,14 +89,9 @@ class DeliveryContext:
         Safe to call from a plain ``def`` handler running in a thread.
         """
         delay = self._ack_timeout if seconds is None else seconds
-
-        def reschedule() -> None:
-            self._timeout.reschedule(self._loop.time() + delay)
-
-        if threading.get_ident() == getattr(self._loop, "_thread_id", None):
-            reschedule()
-        else:
-            self._loop.call_soon_threadsafe(reschedule)
+        # loop.time() is monotonic and a dict item assignment is atomic: safe from a thread.
+        if self._task in self._deadlines:
+            self._deadlines[self._task] = self._loop.time() + delay
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

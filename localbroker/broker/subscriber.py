@@ -124,6 +124,8 @@ class SubscriberRuntime:
         self._space = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
+        self._deadlines: dict[asyncio.Task[None], float] = {}  # running handler -> ack deadline
+        self._expired: set[asyncio.Task[None]] = set()
         self._redelivery_check = asyncio.Event()
         self._redelivery_check.set()
         self._checking_redeliveries = False
@@ -136,6 +138,9 @@ class SubscriberRuntime:
         )
         self._tasks.append(
             asyncio.create_task(self._redelivery_loop(), name=f"localbroker-dlq-{self.name}")
+        )
+        self._tasks.append(
+            asyncio.create_task(self._ack_timer(), name=f"localbroker-ack-{self.name}")
         )
         for i in range(self.sub.config.concurrency):
             self._tasks.append(
@@ -281,55 +286,79 @@ class SubscriberRuntime:
     # -- handling --------------------------------------------------------------------------
 
     async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             delivery = await self.ready.get()
             self.running += 1
             try:
-                await self._deliver(delivery)
+                await self._deliver(delivery, task)
             finally:
                 self.running -= 1
 
-    async def _deliver(self, d: Delivery) -> None:
+    async def _ack_timer(self) -> None:
+        """Cancel handlers past their ack deadline.
+
+        One watchdog per subscriber instead of a timer per delivery: arming and disarming a
+        timer for every event cost more than the rest of the delivery. It wakes ten times per
+        ``ack_timeout``, so a timeout fires at most 10% late.
+        """
+        interval = min(max(self.ack_timeout / 10, 0.005), 0.5)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def _deliver(self, d: Delivery, task: asyncio.Task[None]) -> None:
         spec = self.sub.handler
         envelope = d.envelope
         attempt = d.tries + 1
         loop = asyncio.get_running_loop()
         token = enter_handler(envelope["id"], envelope.get("correlation_id"))
         started = time.perf_counter()
-        timeout = asyncio.timeout(self.ack_timeout)
+        self._deadlines[task] = loop.time() + self.ack_timeout
         error: BaseException | None = None
         try:
-            async with timeout:
-                if "_bad" in envelope:
-                    raise SerializationError(envelope["_bad"])
-                event = to_event(envelope, spec.event_type)
-                args: tuple[Any, ...] = (event,)
-                if spec.wants_context:
-                    args = (
-                        event,
-                        DeliveryContext(
-                            subscriber=self.name,
-                            offset=d.offset,
-                            attempt=attempt,
-                            previous_errors=list(d.errors),
-                            envelope=envelope,
-                            ack_timeout=self.ack_timeout,
-                            timeout=timeout,
-                            loop=loop,
-                        ),
-                    )
-                if spec.is_async:
-                    await spec.fn(*args)  # type: ignore[misc]
-                else:
-                    await asyncio.to_thread(spec.fn, *args)
-        except TimeoutError as exc:
+            if "_bad" in envelope:
+                raise SerializationError(envelope["_bad"])
+            event = to_event(envelope, spec.event_type)
+            args: tuple[Any, ...] = (event,)
+            if spec.wants_context:
+                context = DeliveryContext(
+                    subscriber=self.name,
+                    offset=d.offset,
+                    attempt=attempt,
+                    previous_errors=list(d.errors),
+                    envelope=envelope,
+                    ack_timeout=self.ack_timeout,
+                    deadlines=self._deadlines,
+                    task=task,
+                    loop=loop,
+                )
+                args = (event, context)
+            if spec.is_async:
+                await spec.fn(*args)  # type: ignore[misc]
+            else:
+                await asyncio.to_thread(spec.fn, *args)
+        except asyncio.CancelledError as exc:
+            if task not in self._expired:
+                raise  # the broker is stopping: the delivery stays in flight
             error = exc
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             error = exc
         finally:
+            del self._deadlines[task]
             leave_handler(token)
+        timed_out = task in self._expired
+        if timed_out:
+            self._expired.discard(task)
+            task.uncancel()
+            if error is None or isinstance(error, asyncio.CancelledError):
+                error = TimeoutError(f"handler did not finish within {self.ack_timeout}s")
         elapsed = time.perf_counter() - started
         hist = self.state.handler_hist
         bucket = histogram_bucket(elapsed)
@@ -337,7 +366,7 @@ class SubscriberRuntime:
         if error is None:
             await self._succeeded(d, attempt)
         else:
-            await self._failed(d, attempt, error, timed_out=timeout.expired())
+            await self._failed(d, attempt, error, timed_out=timed_out)
 
     async def _succeeded(self, d: Delivery, attempt: int) -> None:
         if d.tries:

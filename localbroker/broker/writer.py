@@ -58,9 +58,7 @@ class LogWriter:
     async def append(self, records: Sequence[tuple[int, bytes]]) -> int:
         """Append ``(timestamp_ms, payload)`` records; return the first offset once stored."""
         if self._closing or self._task is None:
-            raise BrokerStateError(
-                "the broker is not running: use 'async with broker:' to start it"
-            )
+            raise BrokerStateError.not_running()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._records.extend(records)
         self._waiters.append((len(records), future))

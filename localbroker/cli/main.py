@@ -306,3 +306,7 @@ cli.add_command(dashboard)
 def main() -> None:
     """Entry point of the ``localbroker`` console script."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

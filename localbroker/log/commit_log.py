@@ -26,6 +26,7 @@ import time
 import zlib
 from array import array
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ _CHECKPOINT = struct.Struct(">IQQQ")
 _CHECKPOINT_BODY = struct.Struct(">QQQ")
 #: sync() rewrites the checkpoint at most this often (seconds): it only bounds recovery work.
 CHECKPOINT_INTERVAL = 1.0
+#: How many sealed segments keep an open descriptor for reads (least recently read closed).
+MAX_OPEN_SEALED = 64
 #: Largest segment whose positions fit the index's u32 position column.
 MAX_SEGMENT_BYTES = 2**32 - 1
 
@@ -220,6 +223,9 @@ class CommitLog:
         self._last_checkpoint = 0.0
         self._durable_offset = 0
         self._dir_mtime = -1
+        # Sealed segments with an open fd, least recently read first: a log with thousands of
+        # segments must not hold thousands of descriptors.
+        self._open_sealed: OrderedDict[int, Segment] = OrderedDict()
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -298,6 +304,7 @@ class CommitLog:
                 seg.close()
             self._segments = []
             self._bases = []
+            self._open_sealed.clear()
         if self._file_lock is not None:
             self._file_lock.release()
             self._file_lock = None
@@ -354,10 +361,12 @@ class CommitLog:
             self._segments, self._bases = [], []
             return
         self._dir_mtime = os.stat(directory).st_mtime_ns
+        # The checkpoint before the listing: a live writer only moves it forward, to segments
+        # that exist by then.
+        checkpoint = read_checkpoint(directory)
         bases = self._list_bases()
         if writable:
             self._cleanup(bases)
-        checkpoint = read_checkpoint(directory)
         interval = self.index_interval_bytes
         if not bases:
             if checkpoint is not None and checkpoint.next_offset > 0:
@@ -385,7 +394,7 @@ class CommitLog:
         if checkpoint is not None and checkpoint.segment_base in bases:
             k = bases.index(checkpoint.segment_base)
             ck_pos, ck_next = checkpoint.position, checkpoint.next_offset
-        elif checkpoint is not None and checkpoint.segment_base > bases[0]:
+        elif writable and checkpoint is not None and checkpoint.segment_base > bases[0]:
             raise CorruptLogError(
                 log_path_for(directory, checkpoint.segment_base),
                 checkpoint.position,
@@ -439,6 +448,7 @@ class CommitLog:
         active.sealed = False
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
+        self._close_idle_fds()
         if not writable:
             self._durable_offset = ck_next
             return
@@ -622,6 +632,8 @@ class CommitLog:
         if old.size == 0:
             return
         old.seal()
+        # Reads reopen it read-only on demand (and an LRU bounds how many stay open).
+        old.close_log_fd()
         new = Segment.create(
             self._directory, old.next_offset, index_interval=self.index_interval_bytes
         )
@@ -687,6 +699,8 @@ class CommitLog:
         while i < len(segments) and len(out) < max_records and (used < max_bytes or not out):
             seg = segments[i]
             if offset < seg.next_offset:
+                if seg.sealed:
+                    self._note_sealed_read(seg)
                 used += seg.read(offset, out, max_records - len(out), max_bytes - used)
                 if out:
                     offset = out[-1].offset + 1
@@ -694,6 +708,16 @@ class CommitLog:
                     break  # stopped by a limit inside this segment
             i += 1
         return out
+
+    def _note_sealed_read(self, seg: Segment) -> None:
+        open_sealed = self._open_sealed
+        if seg.base_offset in open_sealed:
+            open_sealed.move_to_end(seg.base_offset)
+            return
+        open_sealed[seg.base_offset] = seg
+        if len(open_sealed) > MAX_OPEN_SEALED:
+            _base, coldest = open_sealed.popitem(last=False)
+            coldest.close_log_fd()
 
     def refresh(self) -> None:
         """Readers: pick up what the writer appended, rolled or deleted since the last call.
@@ -714,12 +738,22 @@ class CommitLog:
             return
         if mtime != self._dir_mtime:
             self._dir_mtime = mtime
-            self._forget_deleted()
+            present = set(self._list_bases())
+            if self._segments[-1].base_offset not in present:
+                # Retention overtook this reader entirely: start over from what is there now.
+                with self._lock:
+                    for seg in self._segments:
+                        seg.close()
+                    self._open_sealed.clear()
+                self._recover()
+                return
+            self._forget_deleted(present)
         while True:
             last = self._segments[-1]
             grew = self._follow(last)
             following = log_path_for(directory, last.next_offset)
-            if following.exists():
+            # An empty segment is never rolled (and its successor's name would be its own).
+            if last.next_offset > last.base_offset and following.exists():
                 # The writer rolled: the old segment is complete now. Take its last bytes.
                 self._follow(last)
                 if last.size < os.fstat(last.open_fd()).st_size:
@@ -771,18 +805,27 @@ class CommitLog:
         seg.note_scanned(entries, next_index_pos)
         return seg.size > start_size
 
-    def _forget_deleted(self) -> None:
-        present = set(self._list_bases())
+    def _forget_deleted(self, present: set[int]) -> None:
         while len(self._segments) > 1 and self._segments[0].base_offset not in present:
-            self._segments.pop(0).close()
+            seg = self._segments.pop(0)
             self._bases.pop(0)
+            self._open_sealed.pop(seg.base_offset, None)
+            seg.close()
 
     # -- segments and retention ---------------------------------------------------------------
 
     def segments(self) -> list[SegmentInfo]:
         """A snapshot of every segment, oldest first."""
         self._require_open()
-        return [_info(seg) for seg in self._segments]
+        infos = [_info(seg) for seg in self._segments]
+        self._close_idle_fds()
+        return infos
+
+    def _close_idle_fds(self) -> None:
+        # Descriptors opened for a one-off look (timestamps, recovery) are not worth keeping.
+        for seg in self._segments:
+            if seg.sealed and seg.fd is not None and seg.base_offset not in self._open_sealed:
+                seg.close_log_fd()
 
     def delete_segments_before(self, offset: int) -> list[SegmentInfo]:
         """Retention: delete the sealed segments whose records are all below ``offset``.
@@ -823,6 +866,7 @@ class CommitLog:
     def _delete_first_locked(self) -> SegmentInfo:
         seg = self._segments.pop(0)
         self._bases.pop(0)
+        self._open_sealed.pop(seg.base_offset, None)
         info = _info(seg)
         seg.delete()
         return info

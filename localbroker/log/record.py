@@ -137,6 +137,7 @@ def iter_records(
     unpack_from = HEADER.unpack_from
     pos = start
     buf = b""
+    view = memoryview(buf)
     buf_pos = start  # file position of buf[0]
     while pos < end:
         rel = pos - buf_pos
@@ -159,7 +160,8 @@ def iter_records(
             buf_pos, rel = pos, 0
             if len(buf) < 4 + size:
                 raise RecordError(pos, "file shrank while reading", incomplete=True)
-        view = memoryview(buf)
+        if view.obj is not buf:
+            view = memoryview(buf)
         actual = crc32(view[rel + CRC_START : rel + 4 + size])
         if actual != crc:
             raise RecordError(pos, f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})")
@@ -167,6 +169,6 @@ def iter_records(
             if offset != expected_offset:
                 raise RecordError(pos, f"offset {offset} where {expected_offset} was expected")
             expected_offset += 1
-        payload = bytes(view[rel + HEADER_SIZE : rel + 4 + size]) if payloads else b""
+        payload = buf[rel + HEADER_SIZE : rel + 4 + size] if payloads else b""
         yield pos, record_end, Record(offset, timestamp, payload)
         pos = record_end

@@ -157,9 +157,13 @@ class EventIndex:
     async def add(self, events: Sequence[IndexedEvent]) -> None:
         # Synchronous=OFF: the index is derived from the log and is rebuilt from it after a crash.
         await self.db.executemany(
-            'INSERT OR REPLACE INTO events ("offset", id, topic, key, time, correlation_id, causation_id)'
+            'INSERT OR IGNORE INTO events ("offset", id, topic, key, time, correlation_id, causation_id)'
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [dataclasses.astuple(e) for e in events],
+            # Plain tuples: dataclasses.astuple deep-copies every field, which dominated indexing.
+            [
+                (e.offset, e.id, e.topic, e.key, e.time, e.correlation_id, e.causation_id)
+                for e in events
+            ],
         )
         await self.db.commit()
 

@@ -138,8 +138,13 @@ class StateStore:
         self.readonly = readonly
 
     @classmethod
-    async def open(cls, path: Path, *, readonly: bool = False, durable: bool = True) -> StateStore:
-        """Open ``state.db``; ``durable`` makes every commit wait for the disk (FULL sync)."""
+    async def open(cls, path: Path, *, readonly: bool = False, durable: bool = False) -> StateStore:
+        """Open ``state.db``.
+
+        By default commits do not wait for the disk (WAL with ``synchronous=NORMAL``): a power
+        cut may roll back the last few position updates, which only means redelivery (at least
+        once), and it never corrupts the file. ``durable=True`` fsyncs every commit.
+        """
         db = await connect(
             path,
             readonly=readonly,

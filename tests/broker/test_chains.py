@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from localbroker import NotFoundError, chain_scope
+from localbroker import BrokerStateError, NotFoundError, chain_scope
 from tests.broker.events import CreateUser, UserCreated, UserRenamed
 from tests.broker.test_delivery import make_broker
 
@@ -75,3 +75,25 @@ async def test_chain_sees_events_the_index_has_not_caught_up_with(tmp_path: Path
         (0, "user.create"),
         (1, "user.created"),
     ]
+
+
+async def test_a_plain_def_handler_publishes_into_its_chain(tmp_path: Path) -> None:
+    broker = make_broker(tmp_path)
+    seen: list[UserRenamed] = []
+
+    @broker.subscriber("user.created", name="sync-renamer")
+    def rename(event: UserCreated) -> None:  # runs in a thread
+        broker.publish_sync(UserRenamed(user_id=event.user_id, name="X"))
+
+    @broker.subscriber("user.renamed", name="collector")
+    async def collect(event: UserRenamed) -> None:
+        seen.append(event)
+
+    async with broker:
+        created = await broker.publish(UserCreated(user_id="u1", name="A"))
+        await broker.wait_idle()
+        with pytest.raises(BrokerStateError, match="on the event loop"):
+            broker.publish_sync(UserRenamed(user_id="u1", name="Y"))
+    (renamed,) = seen
+    assert renamed.causation_id == created.id
+    assert renamed.correlation_id == created.correlation_id

@@ -326,3 +326,93 @@ def test_segment_info_created_and_timestamps(open_log: OpenLog) -> None:
     assert first.path.name == "00000000000000000000.log"
     assert first.index_path.name == "00000000000000000000.index"
     assert os.path.getsize(second.path) == second.size_bytes
+
+
+def test_sealed_segment_descriptors_are_bounded(
+    open_log: OpenLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localbroker.log import commit_log
+
+    monkeypatch.setattr(commit_log, "MAX_OPEN_SEALED", 2)
+    log = open_log(segment_bytes=130)  # two records per segment
+    log.append(batch(0, 40))
+    assert len(log.segments()) == 20
+    for _ in range(2):
+        assert len(read_all(log)) == 40
+        open_fds = [s for s in log._segments if s.fd is not None]
+        assert len(open_fds) <= 3  # two sealed + the active one
+
+
+def test_concurrent_reader_sees_only_whole_records(open_log: OpenLog) -> None:
+    writer = open_log(segment_bytes=5000, index_interval_bytes=200)
+    reader = open_log(readonly=True, segment_bytes=5000, index_interval_bytes=200)
+    total = 3000
+    done = threading.Event()
+
+    def write() -> None:
+        for start in range(0, total, 30):
+            writer.append(batch(start, 30, size=10 + start % 97))
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = 0
+    try:
+        while seen < total:
+            finished = done.is_set()
+            reader.refresh()
+            for record in reader.read(seen, max_records=500):
+                assert record.offset == seen
+                assert record.payload.startswith(f'{{"i": {seen}, '.encode())
+                seen += 1
+            if finished and reader.next_offset == seen:
+                break
+    finally:
+        thread.join()
+    assert seen == total
+
+
+def test_failed_write_leaves_the_log_as_it_was(
+    open_log: OpenLog, log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localbroker.log import segment as segment_module
+
+    log = open_log()
+    log.append(batch(0, 3))
+    size = os.path.getsize(log_dir / "00000000000000000000.log")
+    real_write = os.write
+
+    def short_then_fail(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segment_module.os, "write", short_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        log.append(batch(3, 2))
+    monkeypatch.setattr(segment_module.os, "write", real_write)
+    assert log.next_offset == 3
+    assert os.path.getsize(log_dir / "00000000000000000000.log") == size
+    assert log.append(batch(3, 2)) == 3
+    assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 4]
+
+
+def test_writer_lock_holds_across_processes(open_log: OpenLog, log_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    open_log()
+    code = (
+        "import sys\n"
+        "from localbroker.errors import LogLockedError\n"
+        "from localbroker.log import CommitLog\n"
+        "try:\n"
+        "    CommitLog(sys.argv[1]).open()\n"
+        "except LogLockedError:\n"
+        "    sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(log_dir)],
+        cwd=Path(__file__).parents[2],
+        check=False,
+    )
+    assert result.returncode == 3

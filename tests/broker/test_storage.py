@@ -1,0 +1,114 @@
+"""The broker over its directory: the writer lock, corruption, configuration, segment rolling."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from localbroker import Broker, ConfigurationError, CorruptLogError, LogLockedError
+from localbroker.config import load_config
+from tests.broker.events import Note
+
+
+async def test_second_broker_on_a_directory_gets_a_clear_error(tmp_path: Path) -> None:
+    async with Broker(tmp_path) as first:
+        await first.publish(Note(n=1))
+        with pytest.raises(LogLockedError, match="already open for writing by another process"):
+            await Broker(tmp_path).start()
+        await first.publish(Note(n=2))  # the first one is unaffected
+        assert first.log.next_offset == 2
+
+
+async def test_corrupt_durable_record_fails_the_start_naming_segment_and_position(
+    tmp_path: Path,
+) -> None:
+    async with Broker(tmp_path, segment_bytes=4096) as broker:
+        await broker.publish_many(Note(n=i) for i in range(200))
+    sealed = sorted((tmp_path / "log").glob("*.log"))
+    assert len(sealed) > 2
+    # Damage the last segment before its checkpoint: durable data, so not a torn tail.
+    last = sealed[-1]
+    data = bytearray(last.read_bytes())
+    data[30] ^= 0x01
+    last.write_bytes(bytes(data))
+    with pytest.raises(CorruptLogError) as info:
+        await Broker(tmp_path).start()
+    assert info.value.segment.name == last.name
+    assert "at byte 0" in str(info.value)
+    # nothing was dropped: the file is as it was
+    assert last.read_bytes() == bytes(data)
+
+
+async def test_torn_tail_is_truncated_and_the_broker_goes_on(tmp_path: Path) -> None:
+    async with Broker(tmp_path) as broker:
+        await broker.publish_many(Note(n=i) for i in range(10))
+    (segment,) = (tmp_path / "log").glob("*.log")
+    (tmp_path / "log" / "checkpoint").unlink()  # as after a crash before the checkpoint
+    with segment.open("ab") as f:
+        f.write(b"\x00\x00\x01\x00partial")
+    seen: list[int] = []
+    broker = Broker(tmp_path, start_from="earliest")
+
+    @broker.subscriber("note.added", name="reader")
+    async def read(event: Note) -> None:
+        seen.append(event.n)
+
+    async with broker:
+        result = await broker.publish(Note(n=10))
+        await broker.wait_idle()
+    assert result.offset == 10
+    assert seen == list(range(11))
+
+
+async def test_configuration_from_environment_and_bad_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCALBROKER_ACK_TIMEOUT", "7.5")
+    monkeypatch.setenv("LOCALBROKER_FSYNC", "interval")
+    config = load_config(data_dir=tmp_path, max_tries=3)
+    assert (config.ack_timeout, config.fsync, config.max_tries) == (7.5, "interval", 3)
+    monkeypatch.setenv("LOCALBROKER_FSYNC", "sometimes")
+    with pytest.raises(ConfigurationError, match="fsync"):
+        Broker(tmp_path)
+    monkeypatch.delenv("LOCALBROKER_FSYNC")
+    with pytest.raises(ConfigurationError, match="segment_bytes"):
+        Broker(tmp_path, segment_bytes=10)
+    with pytest.raises(ConfigurationError, match="nonsense"):
+        Broker(tmp_path, nonsense=1)
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+async def test_every_fsync_policy_stores_and_delivers(tmp_path: Path, fsync: str) -> None:
+    broker = Broker(tmp_path, fsync=fsync, fsync_interval_ms=5, start_from="earliest")
+    got: list[int] = []
+
+    @broker.subscriber("note.added", name="n")
+    async def on(event: Note) -> None:
+        got.append(event.n)
+
+    async with broker:
+        await asyncio.gather(*(broker.publish(Note(n=i)) for i in range(50)))
+        await broker.wait_idle()
+    assert sorted(got) == list(range(50))
+    async with Broker(tmp_path) as reopened:
+        assert reopened.log.next_offset == 50
+
+
+async def test_segments_roll_by_size_and_an_idle_one_by_age(tmp_path: Path) -> None:
+    async with Broker(tmp_path, segment_bytes=4096, segment_max_age=0.3) as broker:
+        await broker.publish_many(Note(n=i) for i in range(100))
+        by_size = broker.log.segments()
+        assert len(by_size) > 2
+        assert all(s.size_bytes <= 4096 for s in by_size)
+        await broker.publish(Note(n=100))
+        count = len(broker.log.segments())
+        for _ in range(40):  # the broker rolls an idle segment by age about once a second
+            if len(broker.log.segments()) > count:
+                break
+            await asyncio.sleep(0.1)
+        segments = broker.log.segments()
+    assert len(segments) == count + 1
+    assert all(s.sealed for s in segments[:-1])
+    assert segments[-1].size_bytes == 0
