@@ -16,7 +16,6 @@ INSTALL_DASHBOARD = "the dashboard needs its extra: pip install 'localbroker[das
 @click.command()
 @click.option(
     "--data",
-    "data",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="LOCALBROKER_DATA_DIR",
     required=True,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from localbroker.config import problems
 from localbroker.errors import ConfigurationError
 
 __all__ = ["DashboardConfig", "is_loopback", "load_dashboard_config"]
@@ -60,8 +61,4 @@ def load_dashboard_config(**overrides: Any) -> DashboardConfig:
     try:
         return DashboardConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigurationError(f"invalid dashboard configuration: {problems}") from exc
+        raise ConfigurationError(f"invalid dashboard configuration: {problems(exc)}") from exc
