@@ -18,7 +18,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-AREAS = ["core", "sync", "archive"]  # bench_log.py runs on its own: python benchmarks/bench_log.py
+# bench_log.py runs on its own: python benchmarks/bench_log.py
+AREAS = ["core", "sync", "archive", "dashboard"]
 
 
 def print_rows(rows: list[dict[str, Any]], title: str = "localbroker benchmarks") -> None:

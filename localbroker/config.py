@@ -157,8 +157,11 @@ def load_config(**overrides: Any) -> BrokerConfig:
     try:
         return BrokerConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigurationError(f"invalid broker configuration: {problems}") from exc
+        raise ConfigurationError(f"invalid broker configuration: {problems(exc)}") from exc
+
+
+def problems(exc: ValidationError) -> str:
+    """Every error of a validation, as ``option: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+    )

@@ -15,7 +15,7 @@ from localbroker.state.event_index import EventIndex, IndexedEvent
 from localbroker.state.store import DLQEntry, StateStore, SubscriberState
 from localbroker.topics import TopicPattern
 
-__all__ = ["Chain", "ChainNode", "DeliveryState", "build_chain", "delivery_states"]
+__all__ = ["Chain", "ChainNode", "DeliveryState", "build_chain", "delivery_states", "worst_state"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,6 +29,13 @@ class DeliveryState:
     last_error: str | None = None
 
 
+def worst_state(deliveries: list[DeliveryState]) -> str:
+    """The worst of the states of an event's deliveries (dlq > retrying > pending > done)."""
+    order = ("dlq", "retrying", "pending", "discarded", "done")
+    states = {d.state for d in deliveries}
+    return next((s for s in order if s in states), "done")
+
+
 @dataclasses.dataclass(slots=True)
 class ChainNode:
     """An event in a chain, with its deliveries and the events its handlers published."""
@@ -40,9 +47,7 @@ class ChainNode:
     @property
     def state(self) -> str:
         """The worst delivery state of this event (dlq > retrying > pending > done)."""
-        order = ("dlq", "retrying", "pending", "discarded", "done")
-        states = {d.state for d in self.deliveries}
-        return next((s for s in order if s in states), "done")
+        return worst_state(self.deliveries)
 
 
 @dataclasses.dataclass(slots=True)

@@ -262,6 +262,10 @@ _dlq_action(
     "Give up on a DLQ entry (it stays listed as discarded).",
 )
 
+from localbroker.cli.dashboard_cmd import dashboard  # noqa: E402 - light: imports its extra lazily
+
+cli.add_command(dashboard)
+
 
 cli.add_command(archive_cmds.archive)
 cli.add_command(archive_cmds.export)

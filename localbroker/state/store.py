@@ -367,6 +367,30 @@ class StateStore:
         async with self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)) as cur:
             return [_error(r) for r in await cur.fetchall()]
 
+    async def delivery_counts(
+        self, *, topic: str | None = None, from_offset: int = 0
+    ) -> list[tuple[str, str, int, str, int]]:
+        """``(subscriber, topic, tries, status, deliveries)`` of deliveries that failed at least once."""
+        where, args = _filters(topic=topic)
+        where.append('"offset" >= ?')
+        args.append(from_offset)
+        async with self.db.execute(
+            "SELECT subscriber, topic, tries, status, COUNT(*) FROM deliveries"
+            f" WHERE {' AND '.join(where)} GROUP BY subscriber, topic, tries, status",
+            args,
+        ) as cur:
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in await cur.fetchall()]
+
+    async def failed_events(self, *, from_offset: int = 0) -> dict[str, tuple[int, int]]:
+        """Per topic: ``(events that failed a try, events dead-lettered)`` for some subscriber."""
+        async with self.db.execute(
+            'SELECT topic, COUNT(DISTINCT "offset"),'
+            " COUNT(DISTINCT CASE WHEN status = 'dead' THEN \"offset\" END)"
+            ' FROM deliveries WHERE "offset" >= ? GROUP BY topic',
+            (from_offset,),
+        ) as cur:
+            return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
     # -- dead letter queue -----------------------------------------------------------------
 
     async def dlq_entries(
@@ -474,6 +498,14 @@ class StateStore:
         async with self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cur:
             row = await cur.fetchone()
         return orjson.loads(row[0]) if row else None
+
+    async def values(self, prefix: str) -> dict[str, Any]:
+        """Every key/value whose key starts with ``prefix`` (e.g. ``"sync."``), by key."""
+        async with self.db.execute(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        ) as cur:
+            return {row[0]: orjson.loads(row[1]) for row in await cur.fetchall()}
 
     async def set_value(self, key: str, value: Any) -> None:
         self._check_writable()

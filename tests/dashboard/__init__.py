@@ -1,0 +1,1 @@
+"""Tests of the dashboard (views, live updates, a real browser)."""

@@ -1,0 +1,325 @@
+"""The dashboard's pages over a data directory a real broker wrote."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import pytest
+
+from localbroker.dashboard import create_app
+from localbroker.state.store import StateStore
+from tests.dashboard.conftest import SCRIPT, Blog, client_for, fill
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert match is not None
+    return match.group(1)
+
+
+async def test_events_page_lists_newest_first_with_states(filled) -> None:
+    data, ids = filled
+    async with client_for(create_app(data)) as client:
+        response = await client.get("/events")
+    assert response.status_code == 200
+    offsets = [int(o) for o in re.findall(r'<tr data-offset="(\d+)"', response.text)]
+    assert offsets == sorted(offsets, reverse=True)
+    assert len(offsets) == 4  # two commands, two posts
+    assert ids["first"] in response.text
+    assert "state-dlq" in response.text  # the posts the comments subscriber failed
+
+
+@pytest.mark.parametrize(
+    ("params", "topics"),
+    [
+        ({"topic": "blog.*"}, {"blog.create_post", "blog.post_created"}),
+        ({"topic": "blog.post_created"}, {"blog.post_created"}),
+        ({"topic": "comment.>"}, set()),
+        ({"key": "first"}, {"blog.post_created"}),
+    ],
+)
+async def test_events_filters(filled, params, topics) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        response = await client.get("/events", params=params)
+    found = set(re.findall(r"<td><a href=\"/events\?topic=[^\"]+\">([^<]+)</a>", response.text))
+    assert found == topics
+
+
+async def test_events_filter_by_chain_and_id(filled) -> None:
+    data, ids = filled
+    async with client_for(create_app(data)) as client:
+        chain = await client.get("/events", params={"correlation_id": ids["first"]})
+        by_id = await client.get("/events", params={"id": ids["script"]})
+        since_future = await client.get("/events", params={"since": "2999-01-01T00:00"})
+    assert len(re.findall(r"<tr data-offset=", chain.text)) == 2
+    assert ids["script"] not in chain.text
+    assert len(re.findall(r"<tr data-offset=", by_id.text)) == 1
+    assert "No events match" in since_future.text
+
+
+async def test_bad_filter_is_a_clear_400(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        bad_topic = await client.get("/events", params={"topic": "blog.>.x"})
+        bad_time = await client.get("/events", params={"since": "yesterday"})
+    assert bad_topic.status_code == 400
+    assert "&#39;&gt;&#39; must be the last token" in bad_topic.text
+    assert bad_time.status_code == 400
+    assert "ISO date" in bad_time.text
+
+
+async def test_event_detail_shows_payload_deliveries_and_tracebacks(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        listing = await client.get("/events", params={"topic": "blog.post_created", "key": "first"})
+        (offset,) = re.findall(r'<tr data-offset="(\d+)"', listing.text)
+        response = await client.get(f"/events/{offset}")
+        missing = await client.get("/events/999")
+    text = response.text
+    assert '"title": "first"' in html.unescape(text)  # pretty JSON payload
+    states = dict(re.findall(r'<tr data-subscriber="(\w+)">.*?state-(\w+)', text, re.S))
+    assert states == {"search": "done", "comments": "dlq"}
+    assert "Failed tries of comments" in text
+    assert "ValueError: comment store down for first" in text  # the traceback
+    assert text.count("<summary>try ") == 2
+    assert missing.status_code == 404
+    assert "no event at offset 999" in missing.text
+
+
+async def test_script_payload_is_escaped(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        listing = await client.get("/events", params={"topic": "blog.post_created"})
+        offsets = re.findall(r'<tr data-offset="(\d+)"', listing.text)
+        pages = [(await client.get(f"/events/{o}")).text for o in offsets]
+    assert listing.text.count("<script") == 1  # only the page's own script tag
+    assert any("&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in p for p in pages)
+    assert all(SCRIPT not in p for p in pages)
+    assert "script-src 'self'" in listing.headers["content-security-policy"]
+
+
+async def test_pagination_is_by_offset_and_covers_every_event_once(tmp_path: Path) -> None:
+    blog = Blog(tmp_path)
+    async with blog.broker:
+        await blog.broker.publish_many([_note(i) for i in range(23)])
+    seen: list[int] = []
+    async with client_for(create_app(tmp_path)) as client:
+        url = "/events?limit=10"
+        while url:
+            text = (await client.get(url)).text
+            seen += [int(o) for o in re.findall(r'<tr data-offset="(\d+)"', text)]
+            match = re.search(r'<a href="([^"]+)" rel="next">', text)
+            url = "/events" + match.group(1).replace("&amp;", "&") if match else ""
+    assert seen == list(range(22, -1, -1))
+
+
+def _note(i: int):
+    from localbroker import Event
+
+    class Note(Event, topic="note.added"):
+        n: int
+
+    return Note(n=i)
+
+
+async def test_events_without_index_are_read_from_the_log(tmp_path: Path) -> None:
+    blog = Blog(tmp_path, index_events=False)
+    async with blog.broker:
+        first = await blog.post("a")
+        await blog.post("b")
+        await blog.broker.wait_idle()
+    assert not (tmp_path / "index.db").exists()
+    async with client_for(create_app(tmp_path)) as client:
+        everything = await client.get("/events")
+        chain = await client.get("/events", params={"correlation_id": first})
+        analytics = await client.get("/analytics")
+    assert len(re.findall(r"<tr data-offset=", everything.text)) == 4
+    assert "read from the log" in everything.text
+    assert len(re.findall(r"<tr data-offset=", chain.text)) == 2
+    assert "analytics need it" in analytics.text
+
+
+async def test_chain_page_draws_every_node_coloured_by_state(filled) -> None:
+    data, ids = filled
+    async with client_for(create_app(data)) as client:
+        response = await client.get(f"/chains/{ids['first']}")
+        missing = await client.get("/chains/nope")
+    nodes = re.findall(r'class="node state-(\w+)[^"]*" data-event-id="([^"]+)"', response.text)
+    assert [state for state, _ in nodes] == ["done", "dlq"]
+    assert nodes[0][1] == ids["first"]
+    assert response.text.count('<path class="edge"') == 1
+    assert missing.status_code == 404
+
+
+async def test_chain_of_an_event_id_redirects_to_its_chain(filled) -> None:
+    data, ids = filled
+    async with client_for(create_app(data)) as client:
+        listing = await client.get("/events", params={"correlation_id": ids["first"]})
+        child = re.findall(r'<a href="/events/\d+">([0-9a-f-]{36})</a>', listing.text)[0]
+        response = await client.get(f"/chains/{child}")
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/chains/{ids['first']}?highlight={child}"
+
+
+async def test_chains_summary_shows_flows_and_failure_rates(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        response = await client.get("/chains", params={"range": "all"})
+        only_posts = await client.get("/chains", params={"topic": "blog.post_created"})
+    rows = re.findall(r"<tr>\s*<td><a [^>]+>([^<]+)</a></td>(.*?)</tr>", response.text, re.S)
+    by_topic = {topic: re.sub(r"<[^>]+>|\s+", " ", rest).split() for topic, rest in rows}
+    # blog.post_created: 2 events, caused by the command, both failed and dead-lettered.
+    assert by_topic["blog.post_created"] == ["2", "blog.create_post", "(2)", "2", "100.0", "%", "2"]
+    assert "→ blog.post_created (2)" in response.text
+    assert only_posts.text.count("/chains/") >= 2
+
+
+async def test_errors_page_filters_by_subscriber_and_pages(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        everything = await client.get("/errors")
+        search = await client.get("/errors", params={"subscriber": "search"})
+    assert everything.text.count('<pre class="traceback">') == 4  # 2 posts x 2 tries
+    assert "ValueError(&#39;comment store down for first&#39;)" in everything.text
+    assert "No failed tries match" in search.text
+
+
+async def test_dlq_retry_needs_csrf_and_is_carried_out(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        page = await client.get("/dlq")
+        entries = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        assert len(entries) == 2
+        forged = await client.post("/dlq/retry", data={"id": entries[0]})
+        wrong = await client.post(
+            "/dlq/retry",
+            data={"id": entries[0], "csrf": "x" * 43},
+            headers={"accept": "application/json"},
+        )
+        token = csrf_of(page.text)
+        done = await client.post(
+            "/dlq/retry",
+            data={"id": entries[0], "csrf": token},
+            headers={"accept": "application/json"},
+        )
+        again = await client.post(
+            "/dlq/retry",
+            data={"id": entries[0], "csrf": token},
+            headers={"accept": "application/json"},
+        )
+        after = await client.get("/dlq", params={"status": "all"})
+    assert forged.status_code == 303
+    assert "CSRF" in forged.headers["location"]
+    assert wrong.status_code == 403
+    assert done.json() == {
+        "ok": True,
+        "message": f"retried 1 entry ({entries[0]})",
+        "ids": [int(entries[0])],
+    }
+    assert again.status_code == 409
+    assert "is retrying, not dead" in again.json()["message"]
+    statuses = dict(
+        re.findall(r'<tr data-entry="(\d+)">.*?badge status[^>]*>(\w+)<', after.text, re.S)
+    )
+    assert statuses == {entries[0]: "retrying", entries[1]: "dead"}
+
+
+async def test_dlq_discard_all_of_a_filter(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        page = await client.get("/dlq")
+        form = {"csrf": csrf_of(page.text), "all": "1", "subscriber": "comments"}
+        response = await client.post("/dlq/discard", data=form, follow_redirects=False)
+        after = await client.get("/dlq")
+        discarded = await client.get("/dlq", params={"status": "discarded"})
+    assert response.status_code == 303
+    assert "discarded+2+entries" in response.headers["location"]
+    assert "No open entries" in after.text
+    assert len(re.findall(r'<tr data-entry="', discarded.text)) == 2
+
+
+async def test_dlq_entry_page_shows_attempts(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        page = await client.get("/dlq")
+        entry = re.findall(r'<tr data-entry="(\d+)">', page.text)[0]
+        response = await client.get(f"/dlq/{entry}")
+    assert response.text.count('<pre class="traceback">') == 2
+    assert "Retry (to comments only)" in response.text
+
+
+async def test_subscribers_analytics_and_system(filled) -> None:
+    data, _ = filled
+    store = await StateStore.open(data / "state.db")
+    await store.set_value("sync.redis", {"position": 4, "lag": 0})
+    await store.close()
+    async with client_for(create_app(data)) as client:
+        subs = await client.get("/subscribers")
+        overview = await client.get("/analytics", params={"range": "all"})
+        topic = await client.get(
+            "/analytics", params={"range": "all", "topic": "blog.post_created"}
+        )
+        system = await client.get("/system")
+    rows = dict(re.findall(r'<tr data-subscriber="(\w+)">(.*?)</tr>', subs.text, re.S))
+    assert set(rows) == {"posts", "search", "comments"}
+    assert "stopped" in rows["comments"]
+    assert "not running" in subs.text
+    assert "blog.post_created" in overview.text
+    over_time, tries, *handlers = re.findall(r"<svg.*?</svg>", topic.text, re.S)
+    assert over_time.count('class="bar"') == 60
+    assert sum(int(n) for n in re.findall(r": (\d+)</title></rect>", over_time)) == 2
+    assert tries.count('class="bar"') == 2
+    assert len(handlers) == 2  # search and comments receive blog.post_created
+    assert "2 tries: 2" in topic.text
+    assert "1 try: 2" in topic.text
+    assert "sync.redis" in system.text
+    assert "position" in system.text
+    assert system.text.count("not configured") == 1  # the archive
+
+
+async def test_token_is_required_on_every_request(filled) -> None:
+    data, _ = filled
+    token = "t" * 20
+    app = create_app(data, token=token)
+    async with client_for(app) as client:
+        denied = await client.get("/events")
+        static = await client.get("/static/dashboard.js")
+        header = await client.get("/events", headers={"authorization": f"Bearer {token}"})
+        login = await client.get(f"/events?topic=blog.*&token={token}")
+        with_cookie = await client.get("/events")
+    assert denied.status_code == 401
+    assert static.status_code == 401
+    assert header.status_code == 200
+    assert login.status_code == 303
+    assert login.headers["location"] == "http://127.0.0.1/events?topic=blog.%2A"
+    assert "httponly" in login.headers["set-cookie"].lower()
+    assert with_cookie.status_code == 200
+
+
+async def test_mounted_under_a_prefix(filled) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    data, ids = filled
+    inner = create_app(data)
+    host = Starlette(routes=[Mount("/broker", app=inner)])
+    host.state.dashboard = inner.state.dashboard
+    async with client_for(host) as client:
+        response = await client.get("/broker/events")
+    assert response.status_code == 200
+    assert f'href="/broker/chains/{ids["first"]}"' in response.text
+    assert 'src="/broker/static/dashboard.js"' in response.text
+
+
+async def test_fill_is_reusable(tmp_path: Path) -> None:
+    # The fixture's own guard: the blog dead-letters both posts.
+    ids = await fill(tmp_path)
+    store = await StateStore.open(tmp_path / "state.db", readonly=True)
+    try:
+        assert len(await store.dlq_entries()) == 2
+    finally:
+        await store.close()
+    assert len(ids) == 2
