@@ -16,7 +16,7 @@ Example::
         await broker.publish(UserCreated(user_id="u1"))
 """
 
-from localbroker.broker.broker import Broker, ColdReader, Extension
+from localbroker.broker.broker import Broker, ColdReader, Extension, SubscribeOptions
 from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
@@ -65,6 +65,7 @@ __all__ = [
     "RetryPolicy",
     "SerializationError",
     "StartFrom",
+    "SubscribeOptions",
     "SyncError",
     "chain_scope",
 ]

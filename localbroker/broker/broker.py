@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.context import current_scope
@@ -79,6 +79,25 @@ class ColdReader(Protocol):
         ...
 
 
+class SubscribeOptions(TypedDict, total=False):
+    """Options of :meth:`Broker.subscribe` and :meth:`Broker.subscriber`."""
+
+    name: str
+    """The subscriber's name: its durable position and DLQ (default: the handler's path)."""
+    concurrency: int
+    """Handlers running at once (events of one key never run together); default 1."""
+    ack_timeout: float
+    """Override of the broker's ``ack_timeout``."""
+    max_tries: int
+    """Override of the broker's ``max_tries``."""
+    retry: RetryPolicy
+    """Override of the broker's backoff between tries."""
+    start_from: StartFrom | int | datetime | str
+    """For a subscriber never seen before: ``"earliest"``, ``"latest"``, an offset or a time."""
+    dont_retry: Iterable[type[BaseException]]
+    """Exception types that send the event straight to the DLQ."""
+
+
 class Broker:
     """An embedded event broker over a directory.
 
@@ -135,51 +154,22 @@ class Broker:
 
     # -- registration ----------------------------------------------------------------------
 
-    def subscriber(
-        self,
-        *topics: str,
-        name: str | None = None,
-        concurrency: int = 1,
-        ack_timeout: float | None = None,
-        max_tries: int | None = None,
-        retry: RetryPolicy | None = None,
-        start_from: StartFrom | int | datetime | str | None = None,
-        dont_retry: Iterable[type[BaseException]] = (),
-    ) -> Callable[[F], F]:
+    def subscriber(self, *topics: str, **options: Unpack[SubscribeOptions]) -> Callable[[F], F]:
         """Decorator registering a handler under subscriber ``name`` for ``topics``.
 
         ``topics`` are exact topics or patterns (``user.*``, ``user.>``). Each subscriber name
         has its own durable position: two names both receive every event; one name processes
-        each event once. See :meth:`subscribe` for the options.
+        each event once. The options are those of :meth:`subscribe`.
         """
 
         def register(fn: F) -> F:
-            self.subscribe(
-                fn,
-                *topics,
-                name=name,
-                concurrency=concurrency,
-                ack_timeout=ack_timeout,
-                max_tries=max_tries,
-                retry=retry,
-                start_from=start_from,
-                dont_retry=dont_retry,
-            )
+            self.subscribe(fn, *topics, **options)
             return fn
 
         return register
 
     def subscribe(
-        self,
-        handler: Handler,
-        *topics: str,
-        name: str | None = None,
-        concurrency: int = 1,
-        ack_timeout: float | None = None,
-        max_tries: int | None = None,
-        retry: RetryPolicy | None = None,
-        start_from: StartFrom | int | datetime | str | None = None,
-        dont_retry: Iterable[type[BaseException]] = (),
+        self, handler: Handler, *topics: str, **options: Unpack[SubscribeOptions]
     ) -> Subscription:
         """Register ``handler`` under subscriber ``name`` for ``topics``.
 
@@ -194,6 +184,8 @@ class Broker:
         """
         if not topics:
             raise ConfigurationError("subscribe needs at least one topic or pattern")
+        name = options.get("name")
+        start_from = options.get("start_from")
         for topic in topics:
             TopicPattern(topic)
         spec = HandlerSpec.inspect(handler)
@@ -210,12 +202,12 @@ class Broker:
                 ) from None
         try:
             config = SubscriberConfig(
-                ack_timeout=ack_timeout,
-                max_tries=max_tries,
-                retry=retry,
-                concurrency=concurrency,
+                ack_timeout=options.get("ack_timeout"),
+                max_tries=options.get("max_tries"),
+                retry=options.get("retry"),
+                concurrency=options.get("concurrency", 1),
                 start_from=start_from,
-                dont_retry=tuple(dont_retry),
+                dont_retry=tuple(options.get("dont_retry", ())),
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid options for subscriber {name!r}: {exc}") from exc
