@@ -1,0 +1,1 @@
+"""Private servers started for tests and benchmarks."""
