@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import socket
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -30,21 +29,11 @@ from .config import RedisStreamsConfig, build_config
 from .errors import SyncConfigurationError
 from .redis_errors import redis_errors
 from .stream_format import entry_fields, is_from_redis
-from .target import SyncTarget
+from .target import SyncTarget, redact
 
 __all__ = ["RedisStreams"]
 
 logger = logging.getLogger("localbroker.sync")
-
-
-def redact(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else "***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class RedisStreams(SyncTarget[RedisStreamsConfig]):

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from localbroker.broker.broker import SYNC_STATUS_PREFIX
 from localbroker.config import StartFrom
@@ -31,7 +32,7 @@ from .errors import TargetUnavailableError
 if TYPE_CHECKING:
     from localbroker import Broker
 
-__all__ = ["PRODUCER_KEY", "Health", "SyncTarget"]
+__all__ = ["PRODUCER_KEY", "Health", "SyncTarget", "redact"]
 
 logger = logging.getLogger("localbroker.sync")
 
@@ -40,6 +41,16 @@ PRODUCER_KEY = "sync.producer"
 STATE_PREFIX = "sync.state."
 
 C = TypeVar("C", bound=TargetConfig)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 class Health:

@@ -7,32 +7,12 @@ keeps what it had, like a production server would.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port"]
+from tests.servers.ports import free_port, wait_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, up: bool, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                if up:
-                    return
-        except OSError:
-            if not up:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"redis on port {port} did not come {'up' if up else 'down'}")
+__all__ = ["RedisServer"]
 
 
 class RedisServer:
@@ -71,7 +51,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        _wait_port(self.port, up=True)
+        wait_port(self.port, up=True)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM: it writes its append-only file and exits)."""
@@ -80,7 +60,7 @@ class RedisServer:
         self.process.terminate()
         self.process.wait(timeout=10)
         self.process = None
-        _wait_port(self.port, up=False)
+        wait_port(self.port, up=False)
 
     def restart(self) -> None:
         self.stop()
