@@ -69,3 +69,26 @@ async def test_events_errors_dlq_land_with_indexes(
     assert ttl["expireAfterSeconds"] == 86400
     assert [("event_id", 1)] in index_keys(mongo_db.errors)
     assert [("status", 1), ("subscriber", 1)] in index_keys(mongo_db.dlq)
+
+
+async def test_outage_loses_nothing_and_resend_duplicates_nothing(
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
+) -> None:
+    target = store_for(mongo_server, mongo_db, connect_timeout=0.5)
+    async with Broker(data_dir, sync=[target]) as broker:
+        before = await publish_n(broker, "mongo.outage", 200)
+        await wait_until(lambda: target.status()["backlog"] == 0)
+        mongo_server.stop()
+        during = await publish_n(broker, "mongo.outage", 2_000, start=200)
+        await wait_until(lambda: not target.status()["connected"], what="outage noticed")
+        mongo_server.start()
+        await wait_until(lambda: target.status()["backlog"] == 0, what="catch up", timeout=30)
+    assert mongo_db.events.count_documents({}) == 2_200
+    # A crash before the cursor was saved: everything is sent again, and nothing doubles.
+    async with Broker(data_dir) as broker:
+        await broker.store.set_value("sync.state.mongo", {"cursor": 0})
+    target = store_for(mongo_server, mongo_db)
+    async with Broker(data_dir, sync=[target]) as broker:
+        await wait_until(lambda: target.status()["backlog"] == 0 and target.sent == 2_200)
+    docs = list(mongo_db.events.find({}, {"_id": 1}).sort("offset"))
+    assert [d["_id"] for d in docs] == before + during
