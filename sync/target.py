@@ -291,6 +291,7 @@ class SyncTarget(abc.ABC, Generic[C]):
             "kind": self.kind,
             "target": self.describe(),
             "connected": self.health.connected,
+            "mirrors": self.wanted(),
             "cursor": self.cursor,
             "backlog": backlog,
             "sent": self.sent,

@@ -298,6 +298,10 @@ _dlq_action(
     "Give up on a DLQ entry (it stays listed as discarded).",
 )
 
+from localbroker.cli.sync_cmds import sync_group  # noqa: E402 - it uses the helpers above
+
+cli.add_command(sync_group)
+
 
 def main() -> None:
     """Entry point of the ``localbroker`` console script."""
