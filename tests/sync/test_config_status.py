@@ -45,7 +45,7 @@ async def test_key_that_is_not_a_stream_fails_start_and_frees_the_directory(
     async with Broker(data_dir) as broker:
         await broker.publish("order.placed", {"n": 1})
     rclient.set("events:order.placed", "not a stream")
-    with pytest.raises(SyncConfigurationError, match="'events:order.placed' holds a string"):
+    with pytest.raises(SyncConfigurationError, match=r"'events:order\.placed' holds a string"):
         async with Broker(data_dir, sync=[RedisStreams(redis_server.url)]):
             pass
     rclient.delete("events:order.placed")
