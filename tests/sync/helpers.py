@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 
 from localbroker import Broker
+from localbroker.log import CommitLog
 
 
 def stream_ids(client: redis.Redis, stream: str) -> list[str]:
@@ -38,4 +41,16 @@ async def publish_n(broker: Broker, topic: str, n: int, start: int = 0) -> list[
     for lo in range(start, start + n, 500):
         events = [GenericEvent(topic=topic, n=i) for i in range(lo, min(lo + 500, start + n))]
         ids.extend(r.id for r in await broker.publish_many(events))
+    return ids
+
+
+def log_ids(data_dir: Path) -> list[str]:
+    """Event ids of the whole log of ``data_dir``, in log order."""
+    ids: list[str] = []
+    with CommitLog(data_dir / "log", readonly=True) as log:
+        offset = log.start_offset
+        while offset < log.next_offset:
+            records = log.read(offset, max_records=10_000)
+            ids.extend(orjson.loads(r.payload)["id"] for r in records)
+            offset = records[-1].offset + 1
     return ids

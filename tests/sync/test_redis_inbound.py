@@ -8,16 +8,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
 from localbroker import Broker, Event
-from localbroker.log import CommitLog
 from localbroker.sync import RedisStreams
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import wait_until
+from tests.sync.helpers import log_ids, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -28,11 +26,6 @@ def inbound(url: str, **options: Any) -> RedisStreams:
     return RedisStreams(
         url, service="shop", inbound_topics=["payment.done"], block=0.1, **FAST, **options
     )
-
-
-def log_ids(data_dir: Path) -> list[str]:
-    with CommitLog(data_dir / "log", readonly=True) as log:
-        return [orjson.loads(r.payload)["id"] for r in log.read(0, max_records=100_000)]
 
 
 async def test_plain_producer_event_is_received_once_and_acked_after_append(
