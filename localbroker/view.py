@@ -18,6 +18,7 @@ from typing import Any
 import filelock
 import watchfiles
 
+from localbroker.broker.broker import SYNC_STATUS_PREFIX
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.subscriber import histogram_quantile
@@ -153,6 +154,15 @@ class BrokerView:
             running=s.heartbeat is not None and now - s.heartbeat < ALIVE_SECONDS,
             pid=s.pid,
         )
+
+    async def sync_status(self) -> dict[str, dict[str, Any]]:
+        """The status each sync target last persisted, by name (see ``Broker.sync_status``).
+
+        Each status has ``updated`` (seconds since the epoch): an old one means no broker
+        runs the target now.
+        """
+        prefix = SYNC_STATUS_PREFIX
+        return {k[len(prefix) :]: v for k, v in (await self.store.values(prefix)).items()}
 
     async def chain(self, correlation_id: str) -> Chain:
         await self.refresh()

@@ -41,7 +41,7 @@ from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.store import StateStore
 from localbroker.topics import TopicPattern, validate_topic
 
-__all__ = ["Broker", "ColdReader", "Extension"]
+__all__ = ["SYNC_STATUS_PREFIX", "Broker", "ColdReader", "Extension", "StatusReporter"]
 
 logger = logging.getLogger("localbroker")
 
@@ -55,6 +55,20 @@ class Extension(Protocol):
     async def start(self, broker: Broker) -> None: ...
 
     async def close(self) -> None: ...
+
+
+#: Key prefix in the state store's key/value table under which status reporters persist their
+#: status (``sync.status.<name>``), so tools in another process (CLI, dashboard) can show it.
+SYNC_STATUS_PREFIX = "sync.status."
+
+
+@runtime_checkable
+class StatusReporter(Protocol):
+    """An extension that reports its status (sync targets): see :meth:`Broker.sync_status`."""
+
+    name: str
+
+    def status(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -113,6 +127,8 @@ class Broker:
 
     Options (``ack_timeout``, ``max_tries``, ``fsync``, ``segment_bytes``, ...) are those of
     :class:`~localbroker.config.BrokerConfig`, given as keywords or ``config=``.
+    ``sync=[...]`` attaches sync targets (``localbroker.sync``); they are extensions like any
+    other, started after the broker and stopped before it.
     """
 
     def __init__(
@@ -121,6 +137,7 @@ class Broker:
         *,
         config: BrokerConfig | None = None,
         extensions: Sequence[Extension] = (),
+        sync: Sequence[Extension] = (),
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -131,7 +148,7 @@ class Broker:
             config = config.model_copy(update={"data_dir": Path(data_dir)})
         self.config = config
         self.data_dir = Path(config.data_dir)
-        self.extensions = list(extensions)
+        self.extensions = [*extensions, *sync]
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, SubscriberRuntime] = {}
         self._log: CommitLog | None = None
@@ -553,6 +570,13 @@ class Broker:
     def subscriptions(self) -> dict[str, Subscription]:
         """Registered subscriptions by name."""
         return dict(self._subscriptions)
+
+    def sync_status(self) -> dict[str, dict[str, Any]]:
+        """The status of every extension that reports one (sync targets), by name.
+
+        Example: ``broker.sync_status()["redis"]["backlog"]``.
+        """
+        return {e.name: e.status() for e in self.extensions if isinstance(e, StatusReporter)}
 
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""

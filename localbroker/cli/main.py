@@ -13,7 +13,9 @@ from rich.table import Table
 
 from localbroker.cli import archive_cmds
 from localbroker.cli.common import data_option, fmt_time, run
+from localbroker.cli.dashboard_cmd import dashboard
 from localbroker.cli.render import chain_tree, subscribers_table
+from localbroker.cli.sync_cmds import sync_group
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
 from localbroker.view import BrokerView
@@ -262,13 +264,13 @@ _dlq_action(
     "Give up on a DLQ entry (it stays listed as discarded).",
 )
 
-from localbroker.cli.dashboard_cmd import dashboard  # noqa: E402 - light: imports its extra lazily
-
-cli.add_command(dashboard)
-
-
-cli.add_command(archive_cmds.archive)
-cli.add_command(archive_cmds.export)
+for command in (
+    archive_cmds.archive,
+    archive_cmds.export,
+    dashboard,
+    sync_group,
+):
+    cli.add_command(command)
 
 
 def main() -> None:

@@ -391,6 +391,13 @@ class StateStore:
         ) as cur:
             return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
 
+    async def errors_after(self, after_id: int, limit: int = 1000) -> list[ErrorRecord]:
+        """Failed tries with an id above ``after_id``, oldest first (for followers such as sync)."""
+        async with self.db.execute(
+            "SELECT * FROM errors WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ) as cur:
+            return [_error(r) for r in await cur.fetchall()]
+
     # -- dead letter queue -----------------------------------------------------------------
 
     async def dlq_entries(
@@ -428,6 +435,13 @@ class StateStore:
             subscriber=row["subscriber"], offset=row["offset"], limit=10_000
         )
         return _dlq(row, sorted(attempts, key=lambda e: e.id))
+
+    async def dlq_updated_since(self, since: float, limit: int = 1000) -> list[DLQEntry]:
+        """DLQ entries (any status) changed at or after ``since``, oldest change first."""
+        async with self.db.execute(
+            "SELECT * FROM dlq WHERE updated >= ? ORDER BY updated, id LIMIT ?", (since, limit)
+        ) as cur:
+            return [_dlq(r) for r in await cur.fetchall()]
 
     async def dlq_counts(self) -> dict[str, int]:
         """Entries still dead, by subscriber."""

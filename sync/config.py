@@ -1,0 +1,108 @@
+"""Configuration of the sync targets.
+
+Every option has a documented default and can be set by keyword or through the environment:
+``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig` and ``LOCALBROKER_MONGO_<OPTION>``
+for :class:`MongoStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from localbroker.config import RetryPolicy, StartFrom
+
+from .errors import SyncConfigurationError
+
+__all__ = ["MongoStoreConfig", "RedisStreamsConfig", "TargetConfig", "build_config"]
+
+C = TypeVar("C", bound="TargetConfig")
+
+
+class TargetConfig(BaseSettings):
+    """Options every sync target has."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    """Server URL (``redis://...`` or ``mongodb://...``)."""
+    name: str | None = None
+    """Name of this target in status output and state keys (default: ``redis`` / ``mongo``);
+    give one when a broker has two targets of the same kind."""
+    service: str | None = None
+    """Name of this application (service): the Redis consumer group, and a field of every
+    mirrored document. Default: ``LOCALBROKER_SERVICE``, else the data directory's name."""
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    """Events sent in one round trip (one MULTI/EXEC, one bulk write)."""
+    reconnect: RetryPolicy = RetryPolicy(backoff_initial=0.2, backoff_multiplier=2, backoff_max=15)
+    """Backoff between attempts while the server is unreachable (capped exponential)."""
+    connect_timeout: Annotated[float, Field(gt=0)] = 3.0
+    """Seconds to wait for the server before counting it as unreachable."""
+    start_from: StartFrom = StartFrom.EARLIEST
+    """Where the outbound mirror of a target never used on this directory starts: the whole
+    log (``earliest``, default) or only new events (``latest``)."""
+    status_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds between two writes of the status and cursors to ``state.db``."""
+
+
+class RedisStreamsConfig(TargetConfig):
+    """Options of :class:`~localbroker.sync.RedisStreams`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALBROKER_REDIS_", extra="forbid", frozen=True)
+
+    stream_prefix: str = "events:"
+    """Stream of topic ``T`` is ``<stream_prefix>T``."""
+    state_prefix: str = "localbroker:"
+    """Prefix of the keys the mirror keeps besides the streams (its watermarks)."""
+    maxlen: Annotated[int, Field(ge=1)] | None = None
+    """Trim each stream to about this many entries (``XADD MAXLEN ~``); ``None`` keeps all."""
+    outbound: bool = True
+    """Mirror local events to the streams."""
+    inbound_topics: tuple[str, ...] = ()
+    """Exact topics whose streams are consumed into the local log (patterns cannot be read
+    from Redis). Empty: no inbound."""
+    consumer: str | None = None
+    """Consumer name in the group; default: host name and the data directory's producer id
+    (stable across restarts, so a restarted instance takes its own pending entries back)."""
+    inbound_start: StartFrom = StartFrom.LATEST
+    """Where a consumer group created by this service starts: ``latest`` (``$``) or
+    ``earliest`` (``0``)."""
+    inbound_batch: Annotated[int, Field(ge=1)] = 500
+    """Entries read (and appended with one fsync) at a time."""
+    block: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds one XREADGROUP waits for new entries."""
+    claim_idle: Annotated[float, Field(ge=0)] = 30.0
+    """Entries pending this long with another consumer (a dead instance) are claimed."""
+    claim_interval: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between two XAUTOCLAIM passes."""
+    dedupe_window: Annotated[int, Field(ge=0)] = 100_000
+    """Ids of inbound events remembered to drop re-deliveries of events already appended."""
+
+
+class MongoStoreConfig(TargetConfig):
+    """Options of :class:`~localbroker.sync.MongoStore`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALBROKER_MONGO_", extra="forbid", frozen=True)
+
+    database: str | None = None
+    """Database; default: the one named in the URL, else ``localbroker``."""
+    collection_prefix: str = ""
+    """Prefix of the collection names (``events``, ``errors``, ``dlq``, ``subscribers``)."""
+    events_ttl: Annotated[float, Field(gt=0)] | None = None
+    """Keep events this many seconds after their time (a TTL index); ``None``: forever."""
+    poll_interval: Annotated[float, Field(gt=0)] = 0.5
+    """Seconds between two looks for new errors, DLQ changes and subscriber stats."""
+
+
+def build_config(cls: type[C], **options: Any) -> C:
+    """``cls(**options)`` (plus the environment), raising SyncConfigurationError naming each problem."""
+    try:
+        return cls(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SyncConfigurationError(f"invalid {cls.__name__}: {problems}") from exc

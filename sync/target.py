@@ -1,0 +1,321 @@
+"""What every sync target shares: lifecycle, the outbound cursor, outage handling, status.
+
+A target follows the local log from a durable cursor and sends batches of records to its
+server with :meth:`SyncTarget.send`, which must be idempotent (a batch may be sent again after
+a crash or an outage). The cursor moves only once the server confirmed a batch; it is saved in
+the state store (``state.db``, key/value table) every ``status_interval``, so after a crash the
+last few batches are sent again and the server's idempotency drops them.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from localbroker.broker.broker import SYNC_STATUS_PREFIX
+from localbroker.config import StartFrom
+from localbroker.errors import BrokerStateError, NotFoundError, SyncError
+from localbroker.log import Record
+
+from .config import TargetConfig
+from .errors import TargetUnavailableError
+
+if TYPE_CHECKING:
+    from localbroker import Broker
+
+__all__ = ["PRODUCER_KEY", "Health", "SyncTarget", "redact"]
+
+logger = logging.getLogger("localbroker.sync")
+
+#: Key of the data directory's producer id (a UUID made once): it names this log in the targets.
+PRODUCER_KEY = "sync.producer"
+STATE_PREFIX = "sync.state."
+
+C = TypeVar("C", bound=TargetConfig)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class Health:
+    """Connection state of one target, shared by its loops: one warning per outage, not per event."""
+
+    def __init__(self, target: SyncTarget[Any]) -> None:
+        self.target = target
+        self.connected = False
+        self.failures = 0
+        self.down_since: float | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            logger.warning(
+                "%s: %s is reachable again after %.1f s; sending from offset %d",
+                self.target.name,
+                self.target.describe(),
+                time.monotonic() - self.down_since,
+                self.target.cursor,
+            )
+        self.connected = True
+        self.failures = 0
+        self.down_since = None
+
+    def failed(self, exc: BaseException) -> float:
+        """Record a failure; return the seconds to wait before the next attempt."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+        retriable = getattr(exc, "retriable", True)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            logger.log(
+                logging.WARNING if retriable else logging.ERROR,
+                "%s: %s failed (%s); the broker goes on, events stay in the local log "
+                "from offset %d and are sent when it works again (retrying with backoff)",
+                self.target.name,
+                self.target.describe(),
+                self.last_error,
+                self.target.cursor,
+            )
+        self.connected = False
+        self.failures += 1
+        return float(self.target.config.reconnect.delay(self.failures))
+
+
+class SyncTarget(abc.ABC, Generic[C]):
+    """Base of the sync targets: a broker extension that mirrors the log to a server.
+
+    Subclasses implement :meth:`connect` (check the configuration, raise
+    :class:`SyncConfigurationError` for what retrying cannot fix), :meth:`send` (idempotent),
+    and may add loops with :meth:`spawn`.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: C) -> None:
+        self.config = config
+        self.name = config.name or self.kind
+        self.health = Health(self)
+        self.cursor = 0
+        """Next log offset to send: everything before it is confirmed by the server."""
+        self.sent = 0
+        self.service = config.service or os.environ.get("LOCALBROKER_SERVICE") or ""
+        self.producer = ""
+        self._broker: Broker | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=10)
+        self._resume = True
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            raise BrokerStateError(f"sync target {self.name} is not started")
+        return self._broker
+
+    # -- what a target implements ----------------------------------------------------------
+
+    def describe(self) -> str:
+        """The server, for messages (no credentials)."""
+        return self.kind
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect once; raise SyncConfigurationError or TargetUnavailableError."""
+
+    @abc.abstractmethod
+    async def send(self, records: list[Record]) -> None:
+        """Send records (in log order) and return once the server confirmed; idempotent."""
+
+    async def resume_point(self) -> int | None:
+        """After (re)connecting: the next offset the server already holds, if it knows."""
+        return None
+
+    async def disconnect(self) -> None:
+        """Release the client."""
+
+    def extra_status(self) -> dict[str, Any]:
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """More cursors to save with the outbound one."""
+        return {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, broker: Broker) -> None:
+        """Check the configuration against the server, then start following the log.
+
+        Bad configuration raises :class:`SyncConfigurationError`; an unreachable server only
+        logs a warning (the broker works without it, and the target catches up later).
+        """
+        self._broker = broker
+        store = broker.store
+        self.service = self.service or broker.data_dir.resolve().name
+        self.producer = await store.get_value(PRODUCER_KEY) or ""
+        if not self.producer:
+            self.producer = str(uuid.uuid4())
+            await store.set_value(PRODUCER_KEY, self.producer)
+        state = await store.get_value(STATE_PREFIX + self.name) or {}
+        await self.load_state(state)
+        if "cursor" in state:
+            self.cursor = int(state["cursor"])
+        elif self.config.start_from is StartFrom.LATEST:
+            self.cursor = broker.log.next_offset
+        else:
+            self.cursor = broker.log.start_offset
+        try:
+            await asyncio.wait_for(self.connect(), self.config.connect_timeout * 2)
+        except TimeoutError as exc:
+            self.health.failed(TargetUnavailableError(f"no answer within {exc}"))
+        except TargetUnavailableError as exc:
+            self.health.failed(exc)
+        else:
+            self.health.connected = True
+        self.spawn(self._mirror_loop, "mirror")
+        self.spawn(self._status_loop, "status")
+
+    async def load_state(self, state: dict[str, Any]) -> None:
+        """Restore the subclass's cursors from the saved state."""
+
+    async def close(self) -> None:
+        """Stop the loops, save the cursors and the status, release the client."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self.save(running=False)
+        await self.disconnect()
+
+    def spawn(self, loop: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``loop`` as a task of this target, logging (not hiding) a crash."""
+
+        async def guarded() -> None:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s: the %s loop stopped", self.name, what)
+                raise
+
+        self._tasks.append(asyncio.create_task(guarded(), name=f"sync-{self.name}-{what}"))
+
+    async def retry_after_failure(self, exc: SyncError) -> None:
+        """Note a failure, wait the backoff, and resynchronise with the server afterwards."""
+        delay = self.health.failed(exc)
+        self._resume = True
+        await asyncio.sleep(delay)
+
+    # -- the outbound mirror ---------------------------------------------------------------
+
+    def wanted(self) -> bool:
+        """Whether this target mirrors the log at all."""
+        return True
+
+    async def _mirror_loop(self) -> None:
+        broker = self.broker
+        if not self.wanted():
+            return
+        while True:
+            try:
+                if self._resume:
+                    at = await self.resume_point()
+                    if at is not None and at > self.cursor:
+                        self.cursor = min(at, broker.visible_offset)
+                    self._resume = False
+                records = self._read()
+                if not records:
+                    self.health.ok()
+                    await broker.wait_for_append(self.cursor)
+                    continue
+                await self.send(records)
+            except SyncError as exc:
+                await self.retry_after_failure(exc)
+                continue
+            self.health.ok()
+            self.cursor = records[-1].offset + 1
+            self.sent += len(records)
+
+    def _read(self) -> list[Record]:
+        broker = self.broker
+        try:
+            return broker.read_log(self.cursor, self.config.batch_size)
+        except NotFoundError:
+            start = broker.log.start_offset
+            if self.cursor >= start:
+                raise
+            logger.error(
+                "%s: offsets %d..%d were deleted from the log before they were sent; "
+                "going on from %d",
+                self.name,
+                self.cursor,
+                start - 1,
+                start,
+            )
+            self.cursor = start
+            return broker.read_log(self.cursor, self.config.batch_size)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Connected, cursor, backlog (events not yet sent), last error, throughput (events/s)."""
+        now = time.monotonic()
+        rate = 0.0
+        if self._rate:
+            then, sent = self._rate[0]
+            if now - then > 0:
+                rate = (self.sent - sent) / (now - then)
+        backlog = 0
+        if self._broker is not None and self.wanted():
+            backlog = max(0, self._broker.visible_offset - self.cursor)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.describe(),
+            "connected": self.health.connected,
+            "mirrors": self.wanted(),
+            "cursor": self.cursor,
+            "backlog": backlog,
+            "sent": self.sent,
+            "throughput": round(rate, 1),
+            "last_error": self.health.last_error,
+            "last_error_at": self.health.last_error_at,
+            **self.extra_status(),
+        }
+
+    async def save(self, *, running: bool = True) -> None:
+        """Write the cursors and the status to the state store."""
+        store = self.broker.store
+        await store.set_value(
+            STATE_PREFIX + self.name, {"cursor": self.cursor, **self.extra_state()}
+        )
+        status = self.status()
+        status.update(running=running, updated=time.time(), pid=os.getpid())
+        await store.set_value(SYNC_STATUS_PREFIX + self.name, status)
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._rate.append((time.monotonic(), self.sent))
+            try:
+                await self.save()
+            except Exception:
+                logger.exception("%s: could not save the sync status; will retry", self.name)
+            await asyncio.sleep(self.config.status_interval)

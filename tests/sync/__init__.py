@@ -1,0 +1,1 @@
+"""Tests of localbroker.sync against real Redis and MongoDB servers."""

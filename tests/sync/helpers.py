@@ -1,0 +1,56 @@
+"""Helpers of the sync tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from localbroker import Broker
+from localbroker.log import CommitLog
+
+
+def stream_ids(client: redis.Redis, stream: str) -> list[str]:
+    """Event ids of every entry of ``stream``, in stream order."""
+    return [fields[b"id"].decode() for _, fields in client.xrange(stream)]
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> None:
+    """Poll ``check`` (sync or async) until it is truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+async def publish_n(broker: Broker, topic: str, n: int, start: int = 0) -> list[str]:
+    """Publish ``n`` events in batches; their ids in order."""
+    from localbroker import GenericEvent
+
+    ids: list[str] = []
+    for lo in range(start, start + n, 500):
+        events = [GenericEvent(topic=topic, n=i) for i in range(lo, min(lo + 500, start + n))]
+        ids.extend(r.id for r in await broker.publish_many(events))
+    return ids
+
+
+def log_ids(data_dir: Path) -> list[str]:
+    """Event ids of the whole log of ``data_dir``, in log order."""
+    ids: list[str] = []
+    with CommitLog(data_dir / "log", readonly=True) as log:
+        offset = log.start_offset
+        while offset < log.next_offset:
+            records = log.read(offset, max_records=10_000)
+            ids.extend(orjson.loads(r.payload)["id"] for r in records)
+            offset = records[-1].offset + 1
+    return ids

@@ -1,0 +1,94 @@
+"""MongoDB event store: events, failed tries, DLQ entries and stats, through outages and crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localbroker import Broker, RetryPolicy
+from localbroker.sync import MongoStore
+from tests.servers.mongo import MongoServer
+from tests.sync.conftest import FAST
+from tests.sync.helpers import publish_n, wait_until
+
+pytestmark = pytest.mark.mongo
+
+
+def store_for(server: MongoServer, db: Any, **options: Any) -> MongoStore:
+    return MongoStore(server.url, database=db.name, poll_interval=0.05, **FAST, **options)
+
+
+async def test_events_errors_dlq_land_with_indexes(
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
+) -> None:
+    target = store_for(mongo_server, mongo_db, events_ttl=86400)
+    broker = Broker(data_dir, sync=[target], max_tries=2, retry=RetryPolicy.immediate())
+
+    @broker.subscriber("order.placed", name="billing", start_from="earliest")
+    async def bill(event: Any) -> None:
+        if event.payload()["n"] == 3:
+            raise ValueError("card declined")
+
+    async with broker:
+        ids = await publish_n(broker, "order.placed", 10)
+        await broker.wait_idle()
+        await wait_until(
+            lambda: target.status()["backlog"] == 0 and target.dlq_sent >= 1
+            and mongo_db.subscribers.count_documents({"processed": 9}) == 1,
+            what="events, DLQ entry and stats in Mongo",
+        )  # fmt: skip
+        (entry,) = await broker.dlq.list()
+        await broker.dlq.discard(entry.id)
+        await wait_until(lambda: mongo_db.dlq.find_one({"status": "discarded"}) is not None)
+
+    events = list(mongo_db.events.find().sort("offset"))
+    assert [e["_id"] for e in events] == ids
+    assert events[3]["data"] == {"n": 3}
+    assert events[3]["topic"] == "order.placed"
+    assert events[3]["correlation_id"] == ids[3]
+    errors = list(mongo_db.errors.find().sort("attempt"))
+    assert [(e["event_id"], e["attempt"], e["subscriber"]) for e in errors] == [
+        (ids[3], 1, "billing"),
+        (ids[3], 2, "billing"),
+    ]
+    assert "card declined" in errors[0]["traceback"]
+    (dlq,) = list(mongo_db.dlq.find())
+    assert dlq["event_id"] == ids[3]
+    assert dlq["status"] == "discarded"
+    assert dlq["tries"] == 2
+
+    def index_keys(collection: Any) -> list[Any]:
+        return [info["key"] for info in collection.index_information().values()]
+
+    assert [("topic", 1), ("time", 1)] in index_keys(mongo_db.events)
+    assert [("correlation_id", 1)] in index_keys(mongo_db.events)
+    (ttl,) = [i for i in mongo_db.events.index_information().values() if "expireAfterSeconds" in i]
+    assert ttl["key"] == [("time", 1)]
+    assert ttl["expireAfterSeconds"] == 86400
+    assert [("event_id", 1)] in index_keys(mongo_db.errors)
+    assert [("status", 1), ("subscriber", 1)] in index_keys(mongo_db.dlq)
+
+
+async def test_outage_loses_nothing_and_resend_duplicates_nothing(
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
+) -> None:
+    target = store_for(mongo_server, mongo_db, connect_timeout=0.5)
+    async with Broker(data_dir, sync=[target]) as broker:
+        before = await publish_n(broker, "mongo.outage", 200)
+        await wait_until(lambda: target.status()["backlog"] == 0)
+        mongo_server.stop()
+        during = await publish_n(broker, "mongo.outage", 2_000, start=200)
+        await wait_until(lambda: not target.status()["connected"], what="outage noticed")
+        mongo_server.start()
+        await wait_until(lambda: target.status()["backlog"] == 0, what="catch up", timeout=30)
+    assert mongo_db.events.count_documents({}) == 2_200
+    # A crash before the cursor was saved: everything is sent again, and nothing doubles.
+    async with Broker(data_dir) as broker:
+        await broker.store.set_value("sync.state.mongo", {"cursor": 0})
+    target = store_for(mongo_server, mongo_db)
+    async with Broker(data_dir, sync=[target]) as broker:
+        await wait_until(lambda: target.status()["backlog"] == 0 and target.sent == 2_200)
+    docs = list(mongo_db.events.find({}, {"_id": 1}).sort("offset"))
+    assert [d["_id"] for d in docs] == before + during

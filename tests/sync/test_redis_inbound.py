@@ -1,0 +1,167 @@
+"""Inbound from Redis Streams: consumer groups, XACK after the durable append, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from localbroker import Broker, Event
+from localbroker.sync import RedisStreams
+from tests.servers.redis import RedisServer
+from tests.sync.conftest import FAST
+from tests.sync.helpers import log_ids, wait_until
+
+pytestmark = pytest.mark.redis
+
+STREAM = "events:payment.done"
+
+
+def inbound(url: str, **options: Any) -> RedisStreams:
+    return RedisStreams(
+        url, service="shop", inbound_topics=["payment.done"], block=0.1, **FAST, **options
+    )
+
+
+async def test_plain_producer_event_is_received_once_and_acked_after_append(
+    data_dir: Path, redis_server: RedisServer, rclient: redis.Redis
+) -> None:
+    target = inbound(redis_server.url)
+    broker = Broker(data_dir, sync=[target])
+    received: list[Event] = []
+
+    @broker.subscriber("payment.done", name="orders")
+    async def on_payment(event: Event) -> None:
+        received.append(event)
+
+    async with broker:
+        pending_at_append: list[int] = []
+        original = broker.publish_many
+
+        async def spy(events: Any) -> Any:
+            # When the append starts, Redis must still hold the entries as pending (not acked).
+            pending_at_append.append(rclient.xpending(STREAM, "shop")["pending"])
+            results = await original(events)
+            assert set(log_ids(data_dir)) >= {r.id for r in results}  # in the log on return
+            return results
+
+        broker.publish_many = spy  # type: ignore[method-assign]
+        # What a service without localbroker writes, with plain redis-py:
+        rclient.xadd(
+            STREAM,
+            {
+                "id": "pay-1",
+                "data": json.dumps({"order_id": "o1", "amount": 12}),
+                "key": "o1",
+                "headers": json.dumps({"trace": "x"}),
+            },
+        )
+        rclient.xadd(STREAM, {"order_id": "o2"})  # the smallest form: plain fields as payload
+        await wait_until(lambda: len(received) == 2, what="both events delivered")
+        await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+        await asyncio.sleep(0.3)  # a second delivery or a mirror back would show up by now
+        status = broker.sync_status()["redis"]["inbound"]
+
+    assert len(received) == 2
+    first, second = received
+    assert first.id == "pay-1"
+    assert first.key == "o1"
+    assert first.payload() == {"order_id": "o1", "amount": 12}
+    assert first.headers["trace"] == "x"
+    assert first.headers["origin"].startswith(f"redis:{STREAM}/")
+    assert second.payload() == {"order_id": "o2"}
+    assert second.id.startswith(f"{STREAM}/")
+    assert sum(pending_at_append) >= 2
+    assert status["received"] == 2
+    assert rclient.xlen(STREAM) == 2, "an inbound event was mirrored back"
+
+
+async def test_redelivery_after_crash_before_xack_is_not_appended_twice(
+    data_dir: Path, redis_server: RedisServer, rclient: redis.Redis
+) -> None:
+    target = inbound(redis_server.url)
+    hang = asyncio.Event()
+
+    async def never_ack() -> None:  # the process "dies" between the append and the XACK
+        if target.inbound.unacked:
+            await hang.wait()
+
+    target.inbound._ack_unacked = never_ack
+    async with Broker(data_dir, sync=[target]):
+        for i in range(20):
+            rclient.xadd(STREAM, {"id": f"p{i}", "data": json.dumps({"n": i})})
+        await wait_until(lambda: target.inbound.received == 20)
+    assert rclient.xpending(STREAM, "shop")["pending"] == 20
+
+    target = inbound(redis_server.url)
+    async with Broker(data_dir, sync=[target]):
+        await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+        rclient.xadd(STREAM, {"id": "p20", "data": "{}"})
+        await wait_until(lambda: target.inbound.received == 1)
+        assert target.inbound.duplicates == 20
+    assert log_ids(data_dir) == [f"p{i}" for i in range(21)]
+
+
+def recorder(into: list[int]) -> Any:
+    async def handler(event: Event) -> None:
+        into.append(event.payload()["n"])
+
+    return handler
+
+
+async def test_two_instances_split_the_stream(
+    tmp_path: Path, redis_server: RedisServer, rclient: redis.Redis
+) -> None:
+    handled: dict[str, list[int]] = {"a": [], "b": []}
+    brokers = []
+    for name in ("a", "b"):
+        broker = Broker(
+            tmp_path / name, sync=[inbound(redis_server.url, inbound_batch=50, outbound=False)]
+        )
+
+        broker.subscribe(recorder(handled[name]), "payment.done", name="orders")
+        brokers.append(broker)
+    async with brokers[0], brokers[1]:
+        for lo in range(0, 2000, 100):
+            with rclient.pipeline(transaction=False) as pipe:
+                for n in range(lo, lo + 100):
+                    pipe.xadd(STREAM, {"data": json.dumps({"n": n})})
+                pipe.execute()
+            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(handled["a"]) + len(handled["b"]) >= 2000)
+        await asyncio.sleep(0.2)
+    everything = handled["a"] + handled["b"]
+    assert sorted(everything) == list(range(2000)), Counter(everything).most_common(3)
+    assert handled["a"]
+    assert handled["b"]
+    assert rclient.xpending(STREAM, "shop")["pending"] == 0
+
+
+async def test_pending_entries_of_a_dead_instance_are_claimed(
+    data_dir: Path, redis_server: RedisServer, rclient: redis.Redis
+) -> None:
+    rclient.xgroup_create(STREAM, "shop", id="0", mkstream=True)
+    for n in range(100):
+        rclient.xadd(STREAM, {"id": f"e{n}", "data": json.dumps({"n": n})})
+    # Another instance read them and died before acknowledging any.
+    taken = rclient.xreadgroup("shop", "dead-instance", {STREAM: ">"}, count=1000)
+    assert len(taken[0][1]) == 100
+    target = inbound(redis_server.url, claim_idle=0.3, claim_interval=0.1)
+    broker = Broker(data_dir, sync=[target])
+    seen: list[str] = []
+
+    @broker.subscriber("payment.done", name="orders")
+    async def on_payment(event: Event) -> None:
+        seen.append(event.id)
+
+    async with broker:
+        await wait_until(lambda: len(seen) == 100, what="claimed entries delivered")
+        await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+        claimed = target.inbound.claimed
+    assert sorted(seen) == sorted(f"e{n}" for n in range(100))
+    assert claimed == 100
