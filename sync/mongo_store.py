@@ -199,7 +199,7 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
     # -- errors, DLQ, stats ------------------------------------------------------------------
 
     async def _state_loop(self) -> None:
-        while True:
+        while not self.closing:
             try:
                 await self.sync_state()
             except SyncError as exc:

@@ -135,7 +135,7 @@ class InboundConsumer:
     async def run(self) -> None:
         client = self.target.client
         block_ms = int(self.config.block * 1000)
-        while True:
+        while not self.target.closing:
             try:
                 if self._needs_pending_pass:
                     await self.setup()

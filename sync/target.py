@@ -121,6 +121,8 @@ class SyncTarget(abc.ABC, Generic[C]):
         self._tasks: list[asyncio.Task[None]] = []
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=10)
         self._resume = True
+        self.closing = False
+        """Set by :meth:`close`: loops stop at their next turn."""
 
     @property
     def broker(self) -> Broker:
@@ -195,9 +197,14 @@ class SyncTarget(abc.ABC, Generic[C]):
 
     async def close(self) -> None:
         """Stop the loops, save the cursors and the status, release the client."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.closing = True
+        pending = set(self._tasks)
+        while pending:
+            # Cancel again until they are gone: on Python 3.11 asyncio.wait_for (used inside
+            # redis-py) can swallow a cancellation that arrives as its inner call completes.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         self._tasks.clear()
         if self._broker is not None:
             with contextlib.suppress(Exception):
@@ -234,7 +241,7 @@ class SyncTarget(abc.ABC, Generic[C]):
         broker = self.broker
         if not self.wanted():
             return
-        while True:
+        while not self.closing:
             try:
                 if self._resume:
                     at = await self.resume_point()
@@ -312,7 +319,7 @@ class SyncTarget(abc.ABC, Generic[C]):
         await store.set_value(SYNC_STATUS_PREFIX + self.name, status)
 
     async def _status_loop(self) -> None:
-        while True:
+        while not self.closing:
             self._rate.append((time.monotonic(), self.sent))
             try:
                 await self.save()
