@@ -1,0 +1,135 @@
+"""Sync to Redis Streams: mirror throughput from a backlog, and draining a backlog after an outage.
+
+Both against a private ``redis-server`` started here, with raw pipelined ``XADD`` of the same
+entries through redis-py (batches of the mirror's size) as the baseline in the same run.
+Run: ``python -m benchmarks.bench_sync [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.bench_core import Tick, row
+from localbroker import Broker, RetryPolicy
+from localbroker.events import decode_envelope
+from localbroker.sync import RedisStreams
+from localbroker.sync.stream_format import entry_fields
+from tests.servers.redis import RedisServer
+
+BATCH = 2000  # the mirror's default batch_size
+
+
+async def make_backlog(data: Path, n: int) -> None:
+    async with Broker(data, fsync="never", index_events=False) as broker:
+        for start in range(0, n, 5000):
+            await broker.publish_many([Tick(n=i) for i in range(start, min(n, start + 5000))])
+
+
+def raw_xadd_rate(url: str, data: Path, n: int) -> float:
+    """XADD of the same entries the mirror sends, pipelined in batches, per second."""
+    from localbroker.log import CommitLog
+
+    with CommitLog(data / "log", readonly=True) as log:
+        records = []
+        offset = 0
+        while offset < log.next_offset:
+            batch = log.read(offset, max_records=5000)
+            records.extend(batch)
+            offset = batch[-1].offset + 1
+    entries = [
+        entry_fields(decode_envelope(r.payload), service="bench", producer="raw", offset=r.offset)
+        for r in records[:n]
+    ]
+    client = redis.Redis.from_url(url)
+    started = time.perf_counter()
+    for start in range(0, len(entries), BATCH):
+        pipe = client.pipeline(transaction=False)
+        for fields in entries[start : start + BATCH]:
+            pipe.xadd("raw:bench.tick", fields)  # type: ignore[arg-type]
+        pipe.execute()
+    elapsed = time.perf_counter() - started
+    client.close()
+    return len(entries) / elapsed
+
+
+async def wait_drained(broker: Broker, n: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = broker.sync_status()["redis"]
+        if status["cursor"] >= n:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"mirror stuck at {status}")
+        await asyncio.sleep(0.005)
+
+
+async def mirror_rate(url: str, data: Path, n: int) -> float:
+    """Events per second the mirror sends from a backlog of ``n`` events."""
+    async with Broker(
+        data, index_events=False, sync=[RedisStreams(url, service="bench")]
+    ) as broker:
+        started = time.perf_counter()
+        await wait_drained(broker, n)
+        return n / (time.perf_counter() - started)
+
+
+async def drain_after_outage(server: RedisServer, data: Path, n: int) -> float:
+    """Seconds from Redis coming back to a backlog of ``n`` events (built while down) mirrored."""
+    target = RedisStreams(
+        server.url,
+        service="bench-outage",
+        reconnect=RetryPolicy(backoff_initial=0.05, backoff_max=0.5),
+    )
+    async with Broker(data, index_events=False, sync=[target]) as broker:
+        await asyncio.to_thread(server.stop)
+        for start in range(0, n, 5000):
+            await broker.publish_many([Tick(n=i) for i in range(start, min(n, start + 5000))])
+        await asyncio.to_thread(server.start)
+        started = time.perf_counter()
+        await wait_drained(broker, n)
+        return time.perf_counter() - started
+
+
+async def run(quick: bool) -> list[dict[str, Any]]:
+    n = 20_000 if quick else 100_000
+    binary = RedisServer.binary_path()
+    if binary is None:
+        raise RuntimeError("redis-server not found: apt-get install redis-server")
+    with tempfile.TemporaryDirectory(prefix="lb-bench-sync-") as tmp:
+        root = Path(tmp)
+        server = RedisServer(binary, root / "redis")
+        server.start()
+        try:
+            await make_backlog(root / "backlog", n)
+            raw = await asyncio.to_thread(raw_xadd_rate, server.url, root / "backlog", n)
+            mirror = await mirror_rate(server.url, root / "backlog", n)
+            drain = await drain_after_outage(server, root / "outage", n)
+        finally:
+            server.stop()
+    return [
+        row("raw pipelined XADD of the same entries", raw, "events/s"),
+        row(f"mirror to Redis Streams from a {n:,}-event backlog", mirror, "events/s",
+            "raw pipelined XADD", raw),
+        row(f"drain a {n:,}-event backlog after a Redis outage", drain, "s"),
+        row("  (same) as a rate", n / drain, "events/s", "raw pipelined XADD", raw),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    from benchmarks.__main__ import print_rows
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
+    args = parser.parse_args()
+    print_rows(asyncio.run(run(args.quick)))
+
+
+if __name__ == "__main__":
+    main()
