@@ -4,64 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.servers.redis import RedisServer
+
 PAYLOAD = b'{"id":"01936d5e-0000-7000-8000-000000000000","topic":"bench.event","data":{"n":1,"text":"hello world"}}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def private_redis() -> Iterator[str | None]:
-    """A private redis-server on a free port (None if the binary is missing)."""
-    binary = shutil.which("redis-server")
+    """The URL of a private redis-server on a free port (None if the binary is missing)."""
+    binary = RedisServer.binary_path()
     if binary is None:
         yield None
         return
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                tmp,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        server = RedisServer(binary, Path(tmp))
+        server.start()
         try:
-            import redis
-
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            client.close()
-            yield f"redis://127.0.0.1:{port}"
+            yield server.url
         finally:
-            proc.terminate()
-            proc.wait()
+            server.stop()
 
 
 def redis_baselines(url: str, n: int) -> dict[str, float]:
