@@ -12,6 +12,7 @@ import importlib
 import json
 import platform
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ def print_rows(rows: list[dict[str, Any]], title: str = "localbroker benchmarks"
         shown = f"{value:,.0f}" if value >= 100 else f"{value:,.3f}"
         table.add_row(r["name"], shown, r["unit"], r.get("baseline") or "", ratio)
     Console().print(table)
+
+
+def standalone(
+    run: Callable[[bool], Awaitable[list[dict[str, Any]]]], description: str | None
+) -> None:
+    """``python -m benchmarks.bench_<area> [--quick]``: run one area and print its rows."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
+    args = parser.parse_args()
+    print_rows(asyncio.run(run(args.quick)))
 
 
 async def run_all(quick: bool, only: list[str]) -> list[dict[str, Any]]:

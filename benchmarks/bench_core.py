@@ -5,7 +5,6 @@ Run: ``python -m benchmarks.bench_core [--quick]`` (or ``python -m benchmarks`` 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -212,12 +211,9 @@ async def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    from benchmarks.__main__ import print_rows
+    from benchmarks.__main__ import standalone
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
-    args = parser.parse_args()
-    print_rows(asyncio.run(run(args.quick)))
+    standalone(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Run: ``python -m benchmarks.bench_sync [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
@@ -123,12 +122,9 @@ async def run(quick: bool) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    from benchmarks.__main__ import print_rows
+    from benchmarks.__main__ import standalone
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
-    args = parser.parse_args()
-    print_rows(asyncio.run(run(args.quick)))
+    standalone(run, __doc__)
 
 
 if __name__ == "__main__":
