@@ -141,9 +141,16 @@ async def build_chain(
     events: list[IndexedEvent] = []
     scan_from = log.start_offset
     if index is not None:
-        events = await index.chain(correlation_id)
+        # The index end first: rows the indexer commits between the two queries are then
+        # scanned from the log too (and dropped as duplicates), never missed.
         scan_from = max(scan_from, await index.next_offset())
-    events.extend(await asyncio.to_thread(_scan, log, scan_from, correlation_id))
+        events = await index.chain(correlation_id)
+    seen = {e.offset for e in events}
+    events.extend(
+        e
+        for e in await asyncio.to_thread(_scan, log, scan_from, correlation_id)
+        if e.offset not in seen
+    )
     if not events:
         raise NotFoundError(f"no events with correlation id {correlation_id!r}")
     states = await delivery_states(events, store)
