@@ -16,17 +16,13 @@ From a data job, with no broker::
     for event in read(bucket="events", prefix="shop", topics=["order.*"]):
         print(event.offset, event.topic, event.payload)
 
-Needs the ``s3`` extra (boto3): ``pip install 'localbroker[s3]'``.
+Needs the ``s3`` extra (boto3): ``pip install 'localbroker[s3]'``; without it, importing
+this package raises :class:`~localbroker.MissingExtraError`.
 """
 
-try:
-    import boto3  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    from localbroker.errors import ConfigurationError
+from localbroker.extras import require_extra
 
-    raise ConfigurationError(
-        "localbroker.archive needs boto3: pip install 'localbroker[s3]'"
-    ) from exc
+require_extra("localbroker.archive", "s3", "boto3")
 
 from .config import (
     ArchiveConfig,

@@ -8,7 +8,7 @@ from typing import IO, Any
 
 import orjson
 
-from localbroker.errors import ConfigurationError
+from localbroker.extras import require_extra
 
 from .reader import ArchivedEvent
 
@@ -38,13 +38,10 @@ def write_jsonl(events: Iterable[ArchivedEvent], out: IO[bytes]) -> int:
 
 
 def _require_pyarrow() -> Any:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ConfigurationError(
-            "Parquet export needs pyarrow: pip install 'localbroker[parquet]'"
-        ) from None
+    require_extra("Parquet export", "parquet", "pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     return pa, pq
 
 

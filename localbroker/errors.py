@@ -11,7 +11,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     ├── NotFoundError             unknown subscriber, DLQ entry, chain or offset
     ├── RejectEvent               raised by a handler: do not retry, dead-letter now
     ├── SyncError                 a sync target (Redis, MongoDB) failed; ``retriable`` says if it may pass
-    └── ArchiveError              the archive (S3) failed; ``retriable`` says if it may pass
+    ├── ArchiveError              the archive (S3) failed; ``retriable`` says if it may pass
+    └── MissingExtraError         an optional part whose extra is not installed (also an ImportError)
 
 ``retriable`` is a class attribute that retry loops read instead of matching on types.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "CorruptLogError",
     "LocalBrokerError",
     "LogLockedError",
+    "MissingExtraError",
     "NotFoundError",
     "RejectEvent",
     "SerializationError",
@@ -110,3 +112,31 @@ class ArchiveError(LocalBrokerError):
     """The archive (S3) failed."""
 
     retriable = True
+
+
+class MissingExtraError(LocalBrokerError, ImportError):
+    """An optional part of localbroker was used without the extra that provides its libraries.
+
+    Raised the same way by every optional part (``localbroker.sync`` targets,
+    ``localbroker.archive``, ``localbroker.dashboard``, Parquet export), so that both
+    ``except ImportError`` and ``except LocalBrokerError`` catch it. The message names the extra
+    and the pip command::
+
+        localbroker.archive needs the 's3' extra (boto3 is not installed): pip install 'localbroker[s3]'
+    """
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        self.feature = feature
+        """What was used (``localbroker.archive``, ``RedisStreams``, ...)."""
+        self.extra = extra
+        """The extra to install."""
+        self.missing = missing
+        """The module that could not be imported."""
+        super().__init__(
+            f"{feature} needs the {extra!r} extra ({missing} is not installed): "
+            f"pip install 'localbroker[{extra}]'",
+            name=missing,
+        )
+
+    def __reduce__(self) -> tuple[type[MissingExtraError], tuple[str, str, str]]:
+        return type(self), (self.feature, self.extra, self.missing)

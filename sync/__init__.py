@@ -15,7 +15,8 @@ or from the environment (``LOCALBROKER_REDIS_URL``, ``LOCALBROKER_MONGO_URL``, .
     broker = Broker("./data", sync=from_env())
 
 ``RedisStreams`` needs the ``redis`` extra (``pip install 'localbroker[redis]'``), ``MongoStore``
-the ``mongo`` extra; each is imported only when used.
+the ``mongo`` extra; each is imported only when used, and raises
+:class:`~localbroker.MissingExtraError` naming its extra when that is not installed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import importlib
 import os
 from typing import TYPE_CHECKING, Any
+
+from localbroker.extras import require_extra
 
 from .config import MongoStoreConfig, RedisStreamsConfig, TargetConfig
 from .errors import SyncConfigurationError, TargetUnavailableError
@@ -54,12 +57,7 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'localbroker.sync' has no attribute {name!r}")
     module, driver, extra = _LAZY[name]
-    try:
-        importlib.import_module(driver)
-    except ImportError as exc:
-        raise ImportError(
-            f"{name} needs {driver}: pip install 'localbroker[{extra}]'", name=driver
-        ) from exc
+    require_extra(f"localbroker.sync.{name}", extra, driver)
     return getattr(importlib.import_module(module), name)
 
 

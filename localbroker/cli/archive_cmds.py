@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from localbroker.cli.common import data_option, fmt_time, run
-from localbroker.errors import ConfigurationError
 
 __all__ = ["archive", "export"]
 
@@ -27,12 +26,10 @@ err_console = Console(stderr=True)
 
 
 def _archive_module() -> Any:
-    try:
-        import localbroker.archive as module
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the archive needs the 's3' extra: pip install 'localbroker[s3]' ({exc})"
-        ) from None
+    # Imported here so that the rest of the CLI works without the extra; without boto3 this
+    # raises MissingExtraError, which `run` prints as a one-line message.
+    import localbroker.archive as module
+
     return module
 
 
@@ -189,9 +186,8 @@ async def export(
         if fmt == "parquet":
             assert output is not None
             count = write_parquet(events(), str(output))
-        elif output is None:
-            count = write_jsonl(events(), click.get_binary_stream("stdout"))
         else:
-            with output.open("wb") as out:
+            # "-" is standard output, as a binary stream.
+            with click.open_file("-" if output is None else str(output), "wb") as out:
                 count = write_jsonl(events(), out)
     err_console.print(f"exported {count} events from {len(manifests)} archived segments")

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 
-from localbroker.errors import ConfigurationError
+from localbroker.errors import LocalBrokerError
+from localbroker.extras import require_extra
 
 __all__ = ["dashboard"]
-
-INSTALL_DASHBOARD = "the dashboard needs its extra: pip install 'localbroker[dashboard]'"
 
 
 @click.command()
@@ -37,16 +36,15 @@ def dashboard(data: Path, host: str | None, port: int | None, token: str | None)
     Example: localbroker dashboard --data ./data --port 8765
     """
     try:
-        import uvicorn
-
+        require_extra("localbroker dashboard", "dashboard", "uvicorn")
         from localbroker.dashboard import create_app, load_dashboard_config
         from localbroker.dashboard.config import is_loopback
-    except ImportError as exc:
-        raise click.ClickException(f"{INSTALL_DASHBOARD} ({exc})") from exc
-    try:
+
         config = load_dashboard_config(host=host, port=port, token=token)
-    except ConfigurationError as exc:
+    except LocalBrokerError as exc:  # a missing extra or a bad option
         raise click.ClickException(str(exc)) from exc
+    import uvicorn
+
     if not (data / "log").is_dir():
         raise click.ClickException(f"{data} holds no localbroker log (no {data / 'log'})")
     local = is_loopback(config.host)
