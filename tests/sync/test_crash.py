@@ -22,7 +22,8 @@ from localbroker.sync import MongoStore, RedisStreams
 from tests.servers.mongo import MongoServer
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import log_ids, stream_ids, wait_until
+from tests.sync.helpers import log_ids, stream_ids
+from tests.waiting import wait_until
 
 CHILD = textwrap.dedent(
     """

@@ -15,7 +15,8 @@ from localbroker import Broker, Event
 from localbroker.sync import RedisStreams
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import log_ids, wait_until
+from tests.sync.helpers import log_ids
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
