@@ -6,6 +6,7 @@ without the ``s3`` extra and a missing extra is reported by name.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -190,7 +191,8 @@ async def export(
             assert output is not None
             count = write_parquet(events(), str(output))
         elif output is None:
-            count = write_jsonl(events(), click.get_binary_stream("stdout"))
+            # Not click.get_binary_stream: deprecated since click 8.5 (a DeprecationWarning).
+            count = write_jsonl(events(), sys.stdout.buffer)
         else:
             with output.open("wb") as out:
                 count = write_jsonl(events(), out)
