@@ -65,7 +65,12 @@ def demo(data: Path | None) -> None:
 @cli.command()
 @click.argument("pattern", default=">")
 @data_option
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they are appended.")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing new events as they are appended (stderr first says from which offset).",
+)
 @click.option("--from-beginning", is_flag=True, help="Start at the first event in the log.")
 @click.option("--offset", type=int, default=None, help="Start at this offset.")
 @click.option(
@@ -91,6 +96,10 @@ async def tail(
             start = offset
         else:
             start = max(view.log.start_offset, view.log.next_offset - last)
+        if follow:
+            # On stderr, so stdout stays JSON lines. From here on, whatever is appended is
+            # printed: scripts can wait for this line before they publish.
+            click.echo(f"following {pattern} from offset {start} (Ctrl-C to stop)", err=True)
         async for at, envelope in view.tail(pattern, start=start, follow=follow):
             click.echo(orjson.dumps({"offset": at, **envelope}).decode())
 

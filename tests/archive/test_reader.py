@@ -104,6 +104,14 @@ async def test_export_jsonl_round_trips(tmp_path: Path, archive_config: ArchiveC
     assert lines == [e for e in everything if e["topic"] == "user.seen"]
 
 
+async def test_export_jsonl_to_stdout(tmp_path: Path, archive_config: ArchiveConfig) -> None:
+    everything = await archived_history(tmp_path / "data", archive_config)
+    result = await export(archive_config, "--topic", "user.seen", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert lines == [e for e in everything if e["topic"] == "user.seen"]
+
+
 async def test_export_parquet(tmp_path: Path, archive_config: ArchiveConfig) -> None:
     pq = pytest.importorskip("pyarrow.parquet")
     everything = await archived_history(tmp_path / "data", archive_config)

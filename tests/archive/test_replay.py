@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from localbroker import Broker, GenericEvent
 from localbroker.archive import ArchiveChecksumError, ArchiveConfig, RetentionPolicy, segment_key
 from localbroker.archive.reader import ArchiveReader
 from tests.archive.helpers import make_broker, publish_numbered
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.s3
 
@@ -102,10 +102,19 @@ async def test_corrupt_archived_segment_is_reported_not_delivered(
     async def handle(event: GenericEvent) -> None:
         seen.append(event.payload()["n"])
 
+    def reported() -> bool:
+        return "corrupt" in (archive.status().last_error or "")
+
     async with broker:
-        await asyncio.sleep(0.5)
+        await wait_until(reported, what="the corrupt segment to be reported")
+        first_error_at = archive.status().last_error_at
+        # The subscriber waits and reads the same offset again: once that read failed too, it
+        # had its chance to skip ahead.
+        await wait_until(
+            lambda: archive.status().last_error_at != first_error_at, what="a second read"
+        )
         assert seen == []  # nothing from the bad segment, and nothing after it out of order
-        assert "corrupt" in (archive.status().last_error or "")
+        assert reported()
         s3.put_object(Bucket=config.bucket, Key=key, Body=good)  # an operator repairs it
         await broker.wait_idle()
     assert seen == list(range(100))

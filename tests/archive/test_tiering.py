@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from localbroker.archive import (
 from localbroker.log import scan_segment
 from tests.archive.helpers import make_broker, object_keys, publish_numbered, sha256_of
 from tests.servers.s3 import S3Server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.s3
 
@@ -199,8 +199,9 @@ async def test_background_loop_uploads_while_publishing(
     async with broker:
         await publish_numbered(broker, 200)
         sealed = [s.base_offset for s in broker.log.segments() if s.sealed]
-        async with asyncio.timeout(10):
-            while archive.status().archived_segments < len(sealed):  # noqa: ASYNC110 (polls S3 progress)
-                await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: archive.status().archived_segments >= len(sealed),
+            what="the background loop to upload every sealed segment",
+        )
         assert archive.tiering.pending() == []
         assert [m.base_offset for m in archive.tiering.manifests] == sealed

@@ -10,6 +10,7 @@ from pathlib import Path
 from localbroker import Broker, DeliveryContext, RetryPolicy
 from tests.broker.events import Note
 from tests.broker.test_delivery import make_broker
+from tests.waiting import wait_until
 
 
 async def test_restart_resumes_and_redelivers_in_flight(tmp_path: Path) -> None:
@@ -25,8 +26,8 @@ async def test_restart_resumes_and_redelivers_in_flight(tmp_path: Path) -> None:
     async with broker:
         for i in range(6):
             await broker.publish(Note(n=i))
+        # One handler at a time (concurrency 1): 0..2 were acked before 3 started.
         await asyncio.wait_for(started.wait(), 5)
-        await asyncio.sleep(0.1)
 
     seen: list[int] = []
     broker2 = make_broker(tmp_path)
@@ -54,10 +55,7 @@ async def test_tries_survive_a_restart(tmp_path: Path) -> None:
 
     async with broker:
         await broker.publish(Note(n=1))
-        for _ in range(100):
-            if await broker.store.errors(subscriber="w"):
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: broker.store.errors(subscriber="w"), what="the first failure")
 
     broker2 = make_broker(tmp_path)
     attempts: list[int] = []
@@ -131,7 +129,7 @@ async def test_start_positions(tmp_path: Path) -> None:
     async with Broker(tmp_path) as broker:
         await broker.publish_many(Note(n=i) for i in range(10))
     boundary = datetime.now(UTC)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)  # the clock moves on: event 10's timestamp is after the boundary
     got: dict[str, list[int]] = defaultdict(list)
     broker = Broker(tmp_path)
 

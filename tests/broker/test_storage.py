@@ -10,6 +10,7 @@ import pytest
 from localbroker import Broker, ConfigurationError, CorruptLogError, LogLockedError
 from localbroker.config import load_config
 from tests.broker.events import Note
+from tests.waiting import wait_until
 
 
 async def test_second_broker_on_a_directory_gets_a_clear_error(tmp_path: Path) -> None:
@@ -104,10 +105,8 @@ async def test_segments_roll_by_size_and_an_idle_one_by_age(tmp_path: Path) -> N
         assert all(s.size_bytes <= 4096 for s in by_size)
         await broker.publish(Note(n=100))
         count = len(broker.log.segments())
-        for _ in range(40):  # the broker rolls an idle segment by age about once a second
-            if len(broker.log.segments()) > count:
-                break
-            await asyncio.sleep(0.1)
+        # The broker looks for an idle segment to roll about once a second.
+        await wait_until(lambda: len(broker.log.segments()) > count, what="the roll by age")
         segments = broker.log.segments()
     assert len(segments) == count + 1
     assert all(s.sealed for s in segments[:-1])

@@ -208,13 +208,20 @@ async def test_tail_follow_sees_appends_of_a_running_broker(tmp_path: Path) -> N
             "0",
             "-f",
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
-            await asyncio.sleep(1.0)  # let it start following
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            # The child says where it starts once it knows; what is appended after that is its.
+            # Importing alone takes about a second, much more on a loaded machine.
+            ready = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            if not ready.startswith("following"):
+                ready += (await asyncio.wait_for(proc.stderr.read(), 10)).decode()
+            assert ready.startswith("following note.* from offset 1 "), ready
             for i in range(1, 4):
                 await broker.publish(Note(n=i))
             await broker.publish("other.topic", {"x": 1})
-            assert proc.stdout is not None
             lines = [
                 orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) for _ in range(3)
             ]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import redis
@@ -17,20 +14,6 @@ from localbroker.log import CommitLog
 def stream_ids(client: redis.Redis, stream: str) -> list[str]:
     """Event ids of every entry of ``stream``, in stream order."""
     return [fields[b"id"].decode() for _, fields in client.xrange(stream)]
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "") -> None:
-    """Poll ``check`` (sync or async) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.02)
 
 
 async def publish_n(broker: Broker, topic: str, n: int, start: int = 0) -> list[str]:

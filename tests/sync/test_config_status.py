@@ -19,7 +19,8 @@ from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError, f
 from tests.servers.ports import free_port
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import publish_n, stream_ids, wait_until
+from tests.sync.helpers import publish_n, stream_ids
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,8 @@ from localbroker.sync import MongoStore, RedisStreams
 from tests.servers.mongo import MongoServer
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import log_ids, stream_ids, wait_until
+from tests.sync.helpers import log_ids, stream_ids
+from tests.waiting import wait_until
 
 CHILD = textwrap.dedent(
     """
@@ -41,7 +42,7 @@ CHILD = textwrap.dedent(
             while True:
                 await broker.publish_many([GenericEvent(topic="crash.sync", n=n + i) for i in range(100)])
                 n += 100
-                print(n, flush=True)
+                print(n, targets[0].sent, targets[1].sent, flush=True)
 
     asyncio.run(main())
     """
@@ -49,6 +50,7 @@ CHILD = textwrap.dedent(
 
 
 def run_and_kill(args: list[str], after: float) -> int:
+    """Run the child until both targets mirror, kill it ``after`` s later; the events published."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, *args],
         stdout=subprocess.PIPE,
@@ -56,12 +58,25 @@ def run_and_kill(args: list[str], after: float) -> int:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert child.stdout is not None
-    first = child.stdout.readline()
-    assert first, child.stderr.read().decode() if child.stderr else "child died"
-    time.sleep(after)
+    deadline = time.monotonic() + 60
+    seen = b""
+    while True:  # lines "published redis_sent mongo_sent"
+        line = child.stdout.readline()
+        if not line:
+            child.kill()
+            _, err = child.communicate(timeout=20)
+            raise AssertionError(f"the child died: {err.decode()}")
+        seen += line
+        if all(int(sent) > 0 for sent in line.split()[1:]):
+            break  # publishing, and both targets are mirroring
+        if time.monotonic() > deadline:
+            child.kill()
+            child.communicate(timeout=20)
+            raise AssertionError(f"the targets sent nothing within 60 s: {line.decode()}")
+    time.sleep(after)  # kill at some moment while both publish and mirror go on
     os.kill(child.pid, signal.SIGKILL)
     rest, _ = child.communicate(timeout=20)
-    return int((first + rest).decode().split()[-1])
+    return int((seen + rest).decode().splitlines()[-1].split()[0])
 
 
 @pytest.mark.redis

@@ -11,7 +11,8 @@ from localbroker import Broker, RetryPolicy
 from localbroker.sync import MongoStore
 from tests.servers.mongo import MongoServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import publish_n, wait_until
+from tests.sync.helpers import publish_n
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.mongo
 

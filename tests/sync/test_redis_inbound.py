@@ -15,7 +15,8 @@ from localbroker import Broker, Event
 from localbroker.sync import RedisStreams
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import log_ids, wait_until
+from tests.sync.helpers import log_ids
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -64,7 +65,11 @@ async def test_plain_producer_event_is_received_once_and_acked_after_append(
         rclient.xadd(STREAM, {"order_id": "o2"})  # the smallest form: plain fields as payload
         await wait_until(lambda: len(received) == 2, what="both events delivered")
         await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
-        await asyncio.sleep(0.3)  # a second delivery or a mirror back would show up by now
+        # Nothing can come twice now: Redis has nothing left to deliver again, the mirror has
+        # looked at both records (it would have sent them back by now) and the subscriber has
+        # handled whatever the log holds.
+        await wait_until(lambda: target.status()["backlog"] == 0, what="the mirror")
+        await broker.wait_idle()
         status = broker.sync_status()["redis"]["inbound"]
 
     assert len(received) == 2
@@ -107,6 +112,14 @@ async def test_redelivery_after_crash_before_xack_is_not_appended_twice(
     assert log_ids(data_dir) == [f"p{i}" for i in range(21)]
 
 
+def consumers(client: redis.Redis) -> list[Any]:
+    """The consumers of the group ``shop`` on ``STREAM`` (none while there is no group)."""
+    try:
+        return list(client.xinfo_consumers(STREAM, "shop"))
+    except redis.ResponseError:
+        return []
+
+
 def recorder(into: list[int]) -> Any:
     async def handler(event: Event) -> None:
         into.append(event.payload()["n"])
@@ -127,14 +140,19 @@ async def test_two_instances_split_the_stream(
         broker.subscribe(recorder(handled[name]), "payment.done", name="orders")
         brokers.append(broker)
     async with brokers[0], brokers[1]:
+        await wait_until(lambda: len(consumers(rclient)) == 2, what="both instances reading")
         for lo in range(0, 2000, 100):
             with rclient.pipeline(transaction=False) as pipe:
                 for n in range(lo, lo + 100):
                     pipe.xadd(STREAM, {"data": json.dumps({"n": n})})
                 pipe.execute()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # a producer's pace: both instances get to read
         await wait_until(lambda: len(handled["a"]) + len(handled["b"]) >= 2000)
-        await asyncio.sleep(0.2)
+        # Nothing can come twice now: every entry is acknowledged (after its append), so Redis
+        # delivers none again, and each instance has handled what its log holds.
+        await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+        for broker in brokers:
+            await broker.wait_idle()
     everything = handled["a"] + handled["b"]
     assert sorted(everything) == list(range(2000)), Counter(everything).most_common(3)
     assert handled["a"]

@@ -14,7 +14,8 @@ from localbroker import Broker
 from localbroker.sync import RedisStreams
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import publish_n, stream_ids, wait_until
+from tests.sync.helpers import publish_n, stream_ids
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
