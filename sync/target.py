@@ -310,13 +310,14 @@ class SyncTarget(abc.ABC, Generic[C]):
 
     async def save(self, *, running: bool = True) -> None:
         """Write the cursors and the status to the state store."""
-        store = self.broker.store
-        await store.set_value(
-            STATE_PREFIX + self.name, {"cursor": self.cursor, **self.extra_state()}
-        )
         status = self.status()
         status.update(running=running, updated=time.time(), pid=os.getpid())
-        await store.set_value(SYNC_STATUS_PREFIX + self.name, status)
+        await self.broker.store.set_values(
+            {
+                STATE_PREFIX + self.name: {"cursor": self.cursor, **self.extra_state()},
+                SYNC_STATUS_PREFIX + self.name: status,
+            }
+        )
 
     async def _status_loop(self) -> None:
         while not self.closing:
