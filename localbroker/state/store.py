@@ -135,6 +135,60 @@ _SUBSCRIBER_COLUMNS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 }
 
 
+#: A value SQLite holds but that cannot be read back (invalid UTF-8, a blob for text).
+_UNREADABLE = object()
+
+
+def _raw(kind: str, raw: bytes | None) -> Any:
+    """A value read as ``typeof(x), CAST(x AS BLOB)``: the cast never fails to decode."""
+    if kind == "null" or raw is None:
+        return None
+    if kind == "integer":
+        return int(raw)
+    if kind == "real":
+        return float(raw)
+    if kind == "text":
+        try:
+            return bytes(raw).decode()
+        except UnicodeDecodeError:
+            return _UNREADABLE
+    return _UNREADABLE
+
+
+def _valid(parse: Callable[[Any], Any], value: Any) -> bool:
+    if value is _UNREADABLE:
+        return False
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"holds {value!r}, not text")
+    return value
+
+
+def _status(value: Any) -> str:
+    if value not in ("retrying", "done", "dead"):
+        raise ValueError(f"holds {value!r}, not a delivery status")
+    return str(value)
+
+
+#: Columns of a ``deliveries`` row that ``repair`` checks, and what it puts in place of a
+#: damaged value. An unknown status becomes "retrying": the delivery is made again.
+_DELIVERY_COLUMNS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "tries": (_integer, 1),
+    "status": (_status, "retrying"),
+    "event_id": (_text, "?"),
+    "topic": (_text, "?"),
+    "last_error": (_optional(_text), None),
+    "updated": (_number, None),
+}
+
+
 @dataclasses.dataclass(slots=True)
 class SubscriberState:
     """A subscriber's durable position and counters, as stored."""
@@ -720,6 +774,108 @@ class StateStore:
                 cursor = await self.db.execute(sql, (before, batch))
                 deleted += cursor.rowcount
         return deleted
+
+    # -- repair --------------------------------------------------------------------------
+
+    async def check_integrity(self) -> None:
+        """Raise :class:`StateStoreError` if SQLite finds the file itself damaged."""
+        rows = await self._all("check the file", "PRAGMA integrity_check")
+        problems = [str(r[0]) for r in rows]
+        if problems != ["ok"]:
+            raise StateStoreError(
+                self.path,
+                f"the file is damaged ({'; '.join(problems[:3])}): recover it with sqlite3's "
+                "'.recover', or move it aside and start with on_missing_state (see 'After "
+                "damage' in the README)",
+            )
+
+    async def repair(self) -> list[str]:
+        """Replace damaged values of ``subscribers`` and ``deliveries`` rows with safe ones.
+
+        Safe means nothing is skipped: lost in-flight offsets (``done``) are delivered again,
+        a lost ``committed`` restarts the subscriber at its ``start_offset``, an unreadable
+        delivery status makes the delivery again; counters restart at 0. A delivery row whose
+        subscriber or offset is unreadable is deleted (it cannot be matched to an event).
+        Returns one line per change, naming the subscriber and column. Run it with no broker
+        on the file (``localbroker state repair DIR`` takes the writer lock).
+        """
+        await self.check_integrity()
+        fixes: list[str] = []
+        now = self._clock()
+        async with self.transaction("repair damaged rows"):
+            for rowid, row in await self._raw_rows("subscribers", ["name", *_SUBSCRIBER_COLUMNS]):
+                fixes.extend(await self._repair_subscriber(rowid, row, now))
+            for rowid, row in await self._raw_rows(
+                "deliveries", ["subscriber", "offset", *_DELIVERY_COLUMNS]
+            ):
+                fixes.extend(await self._repair_delivery(rowid, row, now))
+        return fixes
+
+    async def _raw_rows(self, table: str, columns: list[str]) -> list[tuple[int, dict[str, Any]]]:
+        picks = ", ".join(f'typeof("{c}"), CAST("{c}" AS BLOB)' for c in columns)
+        rows = await self._all(f"read {table}", f"SELECT rowid, {picks} FROM {table}")
+        return [
+            (row[0], {c: _raw(row[1 + 2 * i], row[2 + 2 * i]) for i, c in enumerate(columns)})
+            for row in rows
+        ]
+
+    async def _repair_subscriber(self, rowid: int, row: dict[str, Any], now: float) -> list[str]:
+        name = row["name"]
+        if not isinstance(name, str):
+            return [
+                f"subscribers row {rowid}: the name is unreadable; left as is (no subscriber can "
+                "match it: delete the row, or give it the subscriber's name, with sqlite3)"
+            ]
+        damaged = [c for c, (parse, _) in _SUBSCRIBER_COLUMNS.items() if not _valid(parse, row[c])]
+        if not damaged:
+            return []
+        fixed = {c: _SUBSCRIBER_COLUMNS[c][1] for c in damaged}
+        good = {c: row[c] for c in ("start_offset", "committed") if c not in damaged}
+        if "start_offset" in fixed:
+            fixed["start_offset"] = good.get("committed", 0)
+        if "committed" in fixed:
+            fixed["committed"] = good.get("start_offset", 0)
+        committed = fixed.get("committed", row["committed"])
+        if "position" in fixed or "committed" in fixed:
+            fixed["position"] = committed
+        for column in ("created", "updated"):
+            if column in fixed:
+                fixed[column] = now
+        sets = ", ".join(f'"{c}" = ?' for c in fixed)
+        await self.db.execute(
+            f"UPDATE subscribers SET {sets} WHERE rowid = ?", (*fixed.values(), rowid)
+        )
+        consequence = {
+            "committed": f"delivers again from offset {committed}",
+            "done": "offsets that were in flight are delivered again",
+        }
+        return [
+            f"subscriber {name!r}: column {c!r} was damaged, set to {fixed[c]!r}"
+            + (f" ({consequence[c]})" if c in consequence else "")
+            for c in damaged
+        ]
+
+    async def _repair_delivery(self, rowid: int, row: dict[str, Any], now: float) -> list[str]:
+        subscriber, offset = row["subscriber"], row["offset"]
+        if not isinstance(subscriber, str) or not isinstance(offset, int):
+            await self.db.execute("DELETE FROM deliveries WHERE rowid = ?", (rowid,))
+            return [
+                f"deliveries row {rowid} (subscriber {subscriber!r}, offset {offset!r}): "
+                "unreadable subscriber or offset; deleted"
+            ]
+        damaged = [c for c, (parse, _) in _DELIVERY_COLUMNS.items() if not _valid(parse, row[c])]
+        if not damaged:
+            return []
+        fixed = {c: now if c == "updated" else _DELIVERY_COLUMNS[c][1] for c in damaged}
+        sets = ", ".join(f'"{c}" = ?' for c in fixed)
+        await self.db.execute(
+            f"UPDATE deliveries SET {sets} WHERE rowid = ?", (*fixed.values(), rowid)
+        )
+        return [
+            f"subscriber {subscriber!r}, delivery of offset {offset}: column {c!r} was damaged, "
+            f"set to {fixed[c]!r}" + (" (delivered again)" if c == "status" else "")
+            for c in damaged
+        ]
 
     # -- dead letter queue -----------------------------------------------------------------
 
