@@ -37,5 +37,5 @@ async def repair(directory: Path) -> None:
     """
     fixes = await repair_state(directory)
     for fix in fixes:
-        console.print(fix, markup=False, highlight=False)
+        console.print(fix, markup=False, highlight=False, soft_wrap=True)
     console.print(f"{len(fixes)} damaged values repaired" if fixes else "nothing to repair")
