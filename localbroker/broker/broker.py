@@ -345,11 +345,6 @@ class Broker:
         choice = self.config.on_missing_state
         if choice is MissingState.FAIL:
             raise MissingStateError(self.data_dir, log.start_offset, log.next_offset)
-        # A WAL left without its database would be replayed into the new one: keep it aside.
-        for suffix in ("-wal", "-shm"):
-            leftover = state_path.with_name(state_path.name + suffix)
-            if leftover.exists():
-                leftover.rename(leftover.with_name(f"{leftover.name}.orphaned"))
         logger.warning(
             "%s was missing although the log holds offsets %d..%d: recreating it "
             "(on_missing_state=%s). Subscriber positions, the DLQ, the error history and "
