@@ -12,7 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localbroker.errors import ConfigurationError
@@ -161,6 +168,14 @@ class BrokerConfig(BaseSettings):
     resolved or discarded."""
     on_missing_state: MissingState = MissingState.FAIL
     """What to do when the log holds events but ``state.db`` is missing; see :class:`MissingState`."""
+
+    @field_validator("segment_max_age", "history_retention", mode="before")
+    @classmethod
+    def _none_from_environment(cls, value: Any) -> Any:
+        # An environment variable cannot hold None: "none" (or "null", or empty) stands for it.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BrokerConfig:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from localbroker import Broker, DeliveryContext, RejectEvent, RetryPolicy
+import pytest
+
+from localbroker import Broker, ConfigurationError, DeliveryContext, RejectEvent, RetryPolicy
+from localbroker.config import load_config
 from localbroker.state.retention import HistoryTrimmer
 from localbroker.state.store import StateStore
 from tests.broker.events import Note
@@ -130,3 +133,13 @@ async def test_the_broker_trims_old_history_and_redelivers_nothing(tmp_path: Pat
         assert len((await broker.dlq.show(entry)).attempts) == 1
         await broker.wait_idle()
     assert handled == []
+
+
+def test_retention_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALBROKER_HISTORY_RETENTION", "3600")
+    assert load_config().history_retention == 3600
+    monkeypatch.setenv("LOCALBROKER_HISTORY_RETENTION", "none")  # keep forever
+    assert load_config().history_retention is None
+    monkeypatch.setenv("LOCALBROKER_HISTORY_RETENTION", "0")
+    with pytest.raises(ConfigurationError, match="history_retention"):
+        load_config()
