@@ -7,7 +7,7 @@ for :class:`MongoStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,9 @@ class TargetConfig(BaseSettings):
     log (``earliest``, default) or only new events (``latest``)."""
     status_interval: Annotated[float, Field(gt=0)] = 1.0
     """Seconds between two writes of the status and cursors to ``state.db``."""
+    heartbeat_interval: Annotated[float, Field(gt=0)] = 5.0
+    """While there is nothing to send, the server is pinged this often, so that the status
+    shows an outage (``connected: false``) even when the log is idle."""
 
 
 class RedisStreamsConfig(TargetConfig):
@@ -92,6 +95,16 @@ class MongoStoreConfig(TargetConfig):
     """Prefix of the collection names (``events``, ``errors``, ``dlq``, ``subscribers``)."""
     events_ttl: Annotated[float, Field(gt=0)] | None = None
     """Keep events this many seconds after their time (a TTL index); ``None``: forever."""
+    write_concern: Literal["majority"] | Annotated[int, Field(ge=1)] = "majority"
+    """How many servers must have a write in their journal before the mirror counts it as
+    stored and moves its cursor past it (the ``w`` of MongoDB's write concern; ``j`` is always
+    true, so a kill -9 of the server cannot lose what was counted). ``majority`` (default)
+    survives a replica set failover too; on a standalone server it means that server. The
+    URL's own write concern options are not used for the mirror's writes."""
+    write_timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds one write may take (the write concern's ``wtimeout`` and the socket timeout)
+    before it counts as failed and is retried: a hung server or missing replicas show up as a
+    failure in the status instead of a silent stall."""
     poll_interval: Annotated[float, Field(gt=0)] = 0.5
     """Seconds between two looks for new errors, DLQ changes and subscriber stats."""
 

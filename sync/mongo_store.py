@@ -13,7 +13,11 @@ Collections (with ``collection_prefix``)::
 
 Every write is an upsert keyed by ``_id`` (a ``ReplaceOne(upsert=True)`` in an unordered bulk
 write), so sending a batch again after a crash or an outage changes nothing: each event is in
-the store once. ``<producer>`` is the id of the data directory, so two instances of a service
+the store once. Every write uses a journaled write concern (``j=True``, ``w`` from
+``write_concern``): the mirror's cursor moves past a batch only once the server has it in its
+journal, so a kill -9 of mongod cannot lose events the mirror counted as sent (with ``w=1`` and
+no ``j``, mongod acknowledges writes it has only in memory, and loses up to its journal commit
+interval of them when killed). ``<producer>`` is the id of the data directory, so two instances of a service
 sharing a database do not overwrite each other's rows.
 """
 
@@ -29,6 +33,7 @@ from typing import Any
 import pymongo
 from pymongo import AsyncMongoClient, ReplaceOne
 from pymongo import errors as merr
+from pymongo.write_concern import WriteConcern
 
 from localbroker.broker.subscriber import histogram_quantile
 from localbroker.errors import SerializationError, SyncError
@@ -83,11 +88,13 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
     def __init__(self, url: str | None = None, **options: Any) -> None:
         super().__init__(build_config(MongoStoreConfig, url=url, **options))
         timeout_ms = int(self.config.connect_timeout * 1000)
+        write_timeout_ms = int(self.config.write_timeout * 1000)
         try:
             self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
                 self.config.url,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
+                socketTimeoutMS=write_timeout_ms,
                 tz_aware=True,
             )
             default = self.client.get_default_database(default="localbroker").name
@@ -95,7 +102,13 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
             raise SyncConfigurationError(
                 f"mongo sync: cannot use URL {redact(self.config.url)!r}: {exc}"
             ) from exc
-        self.db = self.client[self.config.database or default]
+        # Journaled: the cursor may only move past writes that survive a kill -9 of the server.
+        self.write_concern = WriteConcern(
+            w=self.config.write_concern, j=True, wtimeout=write_timeout_ms
+        )
+        self.db = self.client.get_database(
+            self.config.database or default, write_concern=self.write_concern
+        )
         prefix = self.config.collection_prefix
         self.events = self.db[prefix + "events"]
         self.errors = self.db[prefix + "errors"]

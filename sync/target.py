@@ -145,7 +145,11 @@ class SyncTarget(abc.ABC, Generic[C]):
         """Send records (in log order) and return once the server confirmed; idempotent."""
 
     async def resume_point(self) -> int | None:
-        """After (re)connecting: the next offset the server already holds, if it knows."""
+        """After (re)connecting: the next offset the server already holds, if it knows.
+
+        Also the heartbeat of an idle mirror (every ``heartbeat_interval``): it must talk to
+        the server, raising :class:`TargetUnavailableError` when it does not answer.
+        """
         return None
 
     async def disconnect(self) -> None:
@@ -251,7 +255,13 @@ class SyncTarget(abc.ABC, Generic[C]):
                 records = self._read()
                 if not records:
                     self.health.ok()
-                    await broker.wait_for_append(self.cursor)
+                    try:
+                        async with asyncio.timeout(self.config.heartbeat_interval):
+                            await broker.wait_for_append(self.cursor)
+                    except TimeoutError:
+                        # Idle: look at the server (resume_point) so that "connected" stays
+                        # true only while it answers.
+                        self._resume = True
                     continue
                 await self.send(records)
             except SyncError as exc:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 
 from localbroker import Broker, RetryPolicy
 from localbroker.sync import MongoStore
 from tests.servers.mongo import MongoServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import publish_n
+from tests.sync.helpers import cli_sync_status, log_ids, publish_n
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.mongo
@@ -93,3 +96,71 @@ async def test_outage_loses_nothing_and_resend_duplicates_nothing(
         await wait_until(lambda: target.status()["backlog"] == 0 and target.sent == 2_200)
     docs = list(mongo_db.events.find({}, {"_id": 1}).sort("offset"))
     assert [d["_id"] for d in docs] == before + during
+
+
+async def test_idle_mirror_notices_an_outage(data_dir: Path, killable_mongo: MongoServer) -> None:
+    server = killable_mongo
+    target = MongoStore(
+        server.url, database="idle", connect_timeout=0.5, heartbeat_interval=0.1, **FAST
+    )
+    async with Broker(data_dir, sync=[target]) as broker:
+        await publish_n(broker, "mongo.idle", 5)
+        await wait_until(lambda: target.status()["backlog"] == 0 and target.status()["connected"])
+        await asyncio.to_thread(server.kill)  # nothing is published from now on
+        await wait_until(lambda: not target.status()["connected"], what="the outage noticed")
+        assert target.status()["last_error"]
+        await asyncio.to_thread(server.start)
+        await wait_until(lambda: target.status()["connected"], what="reconnect")
+
+
+@pytest.mark.slow
+async def test_kill_9_of_mongod_loses_no_event(data_dir: Path, killable_mongo: MongoServer) -> None:
+    server = killable_mongo
+    target = MongoStore(server.url, database="kill9", connect_timeout=0.5, batch_size=50, **FAST)
+    async with Broker(data_dir, sync=[target]) as broker:
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            n = 0
+            while not stop.is_set():
+                await publish_n(broker, "mongo.kill", 10, start=n)
+                n += 10
+                await asyncio.sleep(0.002)  # a producer's pace, so the mirror sends small batches
+
+        producer = asyncio.create_task(produce())
+        try:
+            for _kill in range(3):
+                sent = target.sent
+                await wait_until(
+                    lambda s=sent: target.sent >= s + 300 and target.status()["connected"],
+                    what="the mirror sending",
+                )
+                await asyncio.to_thread(server.kill)
+                await wait_until(
+                    lambda: not target.status()["connected"] and target.status()["backlog"] > 0,
+                    what="the outage in the status",
+                )
+
+                async def cli_sees_outage() -> bool:
+                    status = (await cli_sync_status(data_dir))["mongo"]
+                    return status["running"] and not status["connected"] and status["backlog"] > 0
+
+                await wait_until(cli_sees_outage, what="the outage in `sync status`")
+                await asyncio.to_thread(server.start)
+                await wait_until(lambda: target.status()["connected"], what="reconnect")
+        finally:
+            stop.set()
+            await producer
+        await wait_until(
+            lambda: target.status()["backlog"] == 0, what="the mirror to catch up", timeout=60
+        )
+    ids = log_ids(data_dir)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.url)
+    try:
+        stored = Counter(d["_id"] for d in client.kill9.events.find({}, {"_id": 1}))
+    finally:
+        client.close()
+    missing = [i for i in ids if i not in stored]
+    assert not missing, f"{len(missing)} of {len(ids)} events never reached Mongo"
+    assert sorted(stored) == sorted(ids)
+    assert set(stored.values()) == {1}
