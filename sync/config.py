@@ -81,7 +81,9 @@ class RedisStreamsConfig(TargetConfig):
     claim_interval: Annotated[float, Field(gt=0)] = 5.0
     """Seconds between two XAUTOCLAIM passes."""
     dedupe_window: Annotated[int, Field(ge=0)] = 100_000
-    """Ids of inbound events remembered to drop re-deliveries of events already appended."""
+    """Ids of inbound events remembered, to drop entries whose id was already appended (a
+    redelivery, or a reused id: logged when the content differs). At start, the inbound events
+    among this many last records of the log are remembered."""
 
 
 class MongoStoreConfig(TargetConfig):
