@@ -33,7 +33,9 @@ class TargetConfig(BaseSettings):
     give one when a broker has two targets of the same kind."""
     service: str | None = None
     """Name of this application (service): the Redis consumer group, and a field of every
-    mirrored document. Default: ``LOCALBROKER_SERVICE``, else the data directory's name."""
+    mirrored entry and document. Default: ``LOCALBROKER_SERVICE``, else the ``service`` given
+    to the broker's other sync targets (an error if they differ), else the data directory's
+    name (see :func:`localbroker.sync.target.choose_service`)."""
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     """Events sent in one round trip (one MULTI/EXEC, one bulk write)."""
     reconnect: RetryPolicy = RetryPolicy(backoff_initial=0.2, backoff_multiplier=2, backoff_max=15)

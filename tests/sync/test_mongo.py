@@ -9,10 +9,12 @@ from typing import Any
 
 import pymongo
 import pytest
+import redis
 
 from localbroker import Broker, RetryPolicy
-from localbroker.sync import MongoStore
+from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError
 from tests.servers.mongo import MongoServer
+from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
 from tests.sync.helpers import cli_sync_status, log_ids, publish_n
 from tests.waiting import wait_until
@@ -164,3 +166,60 @@ async def test_kill_9_of_mongod_loses_no_event(data_dir: Path, killable_mongo: M
     assert not missing, f"{len(missing)} of {len(ids)} events never reached Mongo"
     assert sorted(stored) == sorted(ids)
     assert set(stored.values()) == {1}
+
+
+@pytest.mark.redis
+async def test_service_of_mongo_documents_follows_the_documented_precedence(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    rclient: redis.Redis,
+    mongo_server: MongoServer,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LOCALBROKER_SERVICE", raising=False)
+
+    async def services(data: str, redis_opts: dict[str, Any], mongo_opts: dict[str, Any]) -> Any:
+        """The service of the Mongo document and of the Redis entry of one event."""
+        redis_target = RedisStreams(redis_server.url, **FAST, **redis_opts)
+        mongo_target = store_for(mongo_server, mongo_db, **mongo_opts)
+        async with Broker(tmp_path / data, sync=[redis_target, mongo_target]) as broker:
+            (event_id,) = await publish_n(broker, f"svc.{data}", 1)
+            for target in (redis_target, mongo_target):
+                await wait_until(lambda t=target: t.status()["backlog"] == 0)
+            status = mongo_target.status()
+        doc = mongo_db.events.find_one({"_id": event_id})
+        ((_, fields),) = rclient.xrange(f"events:svc.{data}")
+        assert status.get("service") == doc["service"]
+        return doc["service"], fields[b"service"].decode()
+
+    # Given only to the Redis target: the Mongo documents get it too, not the directory's name.
+    assert await services("a", {"service": "billing"}, {}) == ("billing", "billing")
+    # Each target's own option wins.
+    assert await services("b", {"service": "billing"}, {"service": "audit"}) == ("audit", "billing")
+    # Nothing given anywhere: the data directory's name, for both.
+    assert await services("c", {}, {}) == ("c", "c")
+    # The process-wide variable comes before another target's option.
+    monkeypatch.setenv("LOCALBROKER_SERVICE", "shop")
+    assert await services("d", {"service": "billing"}, {}) == ("shop", "billing")
+
+
+@pytest.mark.redis
+async def test_service_left_ambiguous_fails_start(
+    data_dir: Path,
+    redis_server: RedisServer,
+    mongo_server: MongoServer,
+    mongo_db: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LOCALBROKER_SERVICE", raising=False)
+    targets = [
+        RedisStreams(redis_server.url, name="r1", service="billing"),
+        RedisStreams(redis_server.url, name="r2", service="shipping"),
+        store_for(mongo_server, mongo_db),
+    ]
+    with pytest.raises(SyncConfigurationError, match=r"r1: 'billing', r2: 'shipping'"):
+        async with Broker(data_dir, sync=targets):
+            pass
+    async with Broker(data_dir):  # the failed start left no lock behind
+        pass
