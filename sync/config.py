@@ -98,7 +98,9 @@ class MongoStoreConfig(TargetConfig):
     collection_prefix: str = ""
     """Prefix of the collection names (``events``, ``errors``, ``dlq``, ``subscribers``)."""
     events_ttl: Annotated[float, Field(gt=0)] | None = None
-    """Keep events this many seconds after their time (a TTL index); ``None``: forever."""
+    """Keep events this many seconds after they were stored in MongoDB (a TTL index on the
+    documents' ``stored_at``, not on the event's own ``time``); ``None``: forever (an existing
+    TTL index is then dropped)."""
     write_concern: Literal["majority"] | Annotated[int, Field(ge=1)] = "majority"
     """How many servers must have a write in their journal before the mirror counts it as
     stored and moves its cursor past it (the ``w`` of MongoDB's write concern; ``j`` is always

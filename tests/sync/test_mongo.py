@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pymongo
 import pytest
 import redis
 
-from localbroker import Broker, RetryPolicy
+from localbroker import Broker, GenericEvent, RetryPolicy
 from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError
 from tests.servers.mongo import MongoServer
 from tests.servers.redis import RedisServer
@@ -71,9 +72,11 @@ async def test_events_errors_dlq_land_with_indexes(
     assert [("topic", 1), ("time", 1)] in index_keys(mongo_db.events)
     assert [("correlation_id", 1)] in index_keys(mongo_db.events)
     (ttl,) = [i for i in mongo_db.events.index_information().values() if "expireAfterSeconds" in i]
-    assert ttl["key"] == [("time", 1)]
+    assert ttl["key"] == [("stored_at", 1)]
     assert ttl["expireAfterSeconds"] == 86400
+    assert [("time", 1)] in index_keys(mongo_db.events)
     assert [("event_id", 1)] in index_keys(mongo_db.errors)
+    assert [("topic", 1), ("time", 1)] in index_keys(mongo_db.errors)
     assert [("status", 1), ("subscriber", 1)] in index_keys(mongo_db.dlq)
 
 
@@ -100,8 +103,8 @@ async def test_outage_loses_nothing_and_resend_duplicates_nothing(
     assert [d["_id"] for d in docs] == before + during
 
 
-async def test_idle_mirror_notices_an_outage(data_dir: Path, killable_mongo: MongoServer) -> None:
-    server = killable_mongo
+async def test_idle_mirror_notices_an_outage(data_dir: Path, private_mongo: MongoServer) -> None:
+    server = private_mongo
     target = MongoStore(
         server.url, database="idle", connect_timeout=0.5, heartbeat_interval=0.1, **FAST
     )
@@ -116,8 +119,8 @@ async def test_idle_mirror_notices_an_outage(data_dir: Path, killable_mongo: Mon
 
 
 @pytest.mark.slow
-async def test_kill_9_of_mongod_loses_no_event(data_dir: Path, killable_mongo: MongoServer) -> None:
-    server = killable_mongo
+async def test_kill_9_of_mongod_loses_no_event(data_dir: Path, private_mongo: MongoServer) -> None:
+    server = private_mongo
     target = MongoStore(server.url, database="kill9", connect_timeout=0.5, batch_size=50, **FAST)
     async with Broker(data_dir, sync=[target]) as broker:
         stop = asyncio.Event()
@@ -223,3 +226,91 @@ async def test_service_left_ambiguous_fails_start(
             pass
     async with Broker(data_dir):  # the failed start left no lock behind
         pass
+
+
+async def test_ttl_counts_from_storage_not_from_the_events_own_time(
+    data_dir: Path, private_mongo: MongoServer
+) -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        private_mongo.url, tz_aware=True
+    )
+    db = client.ttl
+
+    def ttl_passes() -> int:
+        return int(client.admin.command("serverStatus")["metrics"]["ttl"]["passes"])
+
+    async def mirror(ttl: float, *events: GenericEvent) -> list[str]:
+        target = MongoStore(private_mongo.url, database="ttl", events_ttl=ttl, **FAST)
+        async with Broker(data_dir, sync=[target]) as broker:
+            ids = [r.id for r in await broker.publish_many(events)]
+            await wait_until(lambda: target.status()["backlog"] == 0, what="mirrored")
+        return ids
+
+    try:
+        # An event that came in from elsewhere, dated long ago, and one of now: a day's TTL.
+        dated_2020 = datetime(2020, 1, 1, tzinfo=UTC)
+        old, new = await mirror(
+            86400, GenericEvent(topic="ttl.x", time=dated_2020), GenericEvent(topic="ttl.x")
+        )
+        passes = ttl_passes()
+        await wait_until(lambda: ttl_passes() >= passes + 2, what="two passes of the TTL monitor")
+        doc = db.events.find_one({"_id": old})
+        assert doc is not None, "an event dated 2020 was expired as soon as it was stored"
+        assert doc["time"] == dated_2020
+        assert doc["stored_at"] > dated_2020
+        assert db.events.find_one({"_id": new}) is not None
+        # A TTL of one second (the index is changed in place) counts from storage as well: an
+        # event dated in 2100 goes, with the others.
+        await mirror(1, GenericEvent(topic="ttl.x", time=datetime(2100, 1, 1, tzinfo=UTC)))
+        await wait_until(lambda: db.events.count_documents({}) == 0, what="expiry", timeout=30)
+    finally:
+        client.close()
+
+
+async def test_ttl_index_of_older_versions_is_replaced(
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
+) -> None:
+    # What an older version left: a TTL on the event's time, documents without stored_at.
+    mongo_db.events.create_index([("time", 1)], expireAfterSeconds=86400)
+    mongo_db.events.insert_one({"_id": "before", "time": datetime.now(UTC)})
+
+    def ttl_keys() -> list[Any]:
+        return [
+            (i["key"], i["expireAfterSeconds"])
+            for i in mongo_db.events.index_information().values()
+            if "expireAfterSeconds" in i
+        ]
+
+    async with Broker(data_dir, sync=[store_for(mongo_server, mongo_db, events_ttl=3600)]):
+        pass
+    assert ttl_keys() == [([("stored_at", 1)], 3600)]
+    assert "stored_at" in mongo_db.events.find_one({"_id": "before"})
+    # Without events_ttl, no TTL index is left to delete anything.
+    async with Broker(data_dir, sync=[store_for(mongo_server, mongo_db)]):
+        pass
+    assert ttl_keys() == []
+
+
+async def test_unreachable_at_start_then_indexes_and_events(
+    data_dir: Path, private_mongo: MongoServer
+) -> None:
+    private_mongo.stop()
+    target = MongoStore(
+        private_mongo.url, database="late", events_ttl=60, connect_timeout=0.3, **FAST
+    )
+    async with Broker(data_dir, sync=[target]) as broker:
+        ids = await publish_n(broker, "late.start", 20)
+        assert not target.status()["connected"]
+        await asyncio.to_thread(private_mongo.start)
+        await wait_until(lambda: target.status()["backlog"] == 0, what="catch up")
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(private_mongo.url)
+    try:
+        db = client.late
+        assert sorted(d["_id"] for d in db.events.find({}, {"_id": 1})) == sorted(ids)
+        ttl = [i for i in db.events.index_information().values() if "expireAfterSeconds" in i]
+        assert [i["key"] for i in ttl] == [[("stored_at", 1)]]
+        assert [("topic", 1), ("time", 1)] in [
+            i["key"] for i in db.errors.index_information().values()
+        ]
+    finally:
+        client.close()
