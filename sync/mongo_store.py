@@ -13,19 +13,22 @@ Collections (with ``collection_prefix``)::
     subscribers  _id = "<producer>:<subscriber>"; processed, failures, dead, lag, p50/p99
 
 Every write is an upsert keyed by ``_id`` (in an unordered bulk write), so sending a batch
-again after a crash or an outage changes nothing: each event is in the store once. Every write uses a journaled write concern (``j=True``, ``w`` from
-``write_concern``): the mirror's cursor moves past a batch only once the server has it in its
-journal, so a kill -9 of mongod cannot lose events the mirror counted as sent (with ``w=1`` and
-no ``j``, mongod acknowledges writes it has only in memory, and loses up to its journal commit
-interval of them when killed).
+again after a crash or an outage changes nothing: each event is in the store once.
+``<producer>`` is the id of the data directory, so two instances of a service sharing a
+database do not overwrite each other's rows.
+
+Every write uses a journaled write concern (``j=True``, ``w`` from ``write_concern``): the
+mirror's cursor moves past a batch only once the server has it in its journal, so a kill -9 of
+mongod cannot lose events the mirror counted as sent (with ``w=1`` and no ``j``, mongod
+acknowledges writes it has only in memory, and loses up to its journal commit interval of them
+when killed).
 
 ``time`` is the event's own time (an event that came in from another service keeps its
 origin's); ``stored_at`` is when the document was first written. ``events_ttl`` expires events
 by ``stored_at``: an event dated in the past is kept ``events_ttl`` seconds like any other, not
 deleted at once. A TTL index on ``time`` left by an older version is replaced at connect, and
 documents without ``stored_at`` get the connect time as theirs (so none expires earlier than
-the new rule says). ``<producer>`` is the id of the data directory, so two instances of a service
-sharing a database do not overwrite each other's rows.
+the new rule says).
 """
 
 from __future__ import annotations
