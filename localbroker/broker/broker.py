@@ -34,6 +34,7 @@ from localbroker.events import (
     Event,
     GenericEvent,
     PublishResult,
+    check_keys,
     encode_event,
 )
 from localbroker.log import CommitLog, Record
@@ -480,9 +481,12 @@ class Broker:
                     f"payload for {event!r} uses envelope field names {sorted(clash)}; "
                     "pass them as keywords or rename them"
                 )
-            event = GenericEvent(
-                topic=validate_topic(event), key=key, headers=headers or {}, **(data or {})
-            )
+            topic = validate_topic(event)
+            try:
+                event = GenericEvent(topic=topic, key=key, headers=headers or {}, **(data or {}))
+            except TypeError:
+                check_keys(data, topic)  # "keywords must be strings": name the key instead
+                raise
         elif isinstance(event, Event):
             if data is not None:
                 raise SerializationError(
