@@ -139,6 +139,10 @@ class BrokerConfig(BaseSettings):
     """Keep the event index (topic, time, key, chain ids) that chain queries and the dashboard use."""
     control_poll_interval: Annotated[float, Field(gt=0)] = 0.25
     """Seconds between two checks for operator requests (DLQ retry/discard from the CLI)."""
+    handler_shutdown_timeout: Annotated[float, Field(ge=0)] = 5.0
+    """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
+    Threads still running then are abandoned with a warning: they cannot be stopped, but they
+    do not keep the process from exiting, and their events are delivered again after a restart."""
 
     @model_validator(mode="after")
     def _check(self) -> BrokerConfig:
