@@ -178,7 +178,6 @@ class Broker:
         self._owner: asyncio.Task[Any] | None = None
         self._handler_exit: BaseException | None = None
         self._owner_cancelled = False
-        self._exit_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
@@ -343,11 +342,10 @@ class Broker:
         if not self._started:
             self._closed = True
             return
-        if self._closing is None:
-            self._closing = asyncio.create_task(self._close(), name="localbroker-close")
+        closing = self._closing or self._begin_close()
         # Shielded: the application and a handler's SystemExit may both wait for this close,
         # and one of them being cancelled must not cut it short half way.
-        await asyncio.shield(self._closing)
+        await asyncio.shield(closing)
         exc = self._handler_exit
         if exc is not None and asyncio.current_task() is self._owner:
             self._handler_exit = None  # raised once
@@ -355,8 +353,12 @@ class Broker:
                 self._owner.uncancel()  # our cancel() is answered by this exception
             raise exc
 
+    def _begin_close(self) -> asyncio.Task[None]:
+        self._closed = True  # from now on publish() refuses
+        self._closing = asyncio.create_task(self._close(), name="localbroker-close")
+        return self._closing
+
     async def _close(self) -> None:
-        self._closed = True
         for extension in reversed(self.extensions):
             try:
                 await extension.close()
@@ -406,21 +408,20 @@ class Broker:
         self._handler_exit = exc
         for runtime in self._runtimes.values():
             runtime.halt()  # now, not once the close task runs: no other handler starts
-        self._closing = asyncio.create_task(self._close(), name="localbroker-close")
+        closing = self._begin_close()
         owner = self._owner
         if owner is not None and not owner.done():
             self._owner_cancelled = True
             owner.cancel(msg=f"localbroker: a handler of {subscriber} raised {exc!r}")
         else:
             self._owner = None
-            self._exit_task = asyncio.create_task(
-                self._exit_after_close(exc), name="localbroker-exit"
-            )
 
-    async def _exit_after_close(self, exc: BaseException) -> None:
-        assert self._closing is not None
-        await self._closing
-        raise exc
+            def stop_loop(closing: asyncio.Task[None]) -> None:
+                # Done callbacks run from the event loop itself, which lets SystemExit and
+                # KeyboardInterrupt through: run_forever() ends with it.
+                raise exc
+
+            closing.add_done_callback(stop_loop)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the broker's own threads (see ``_io``)."""

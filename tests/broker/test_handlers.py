@@ -265,6 +265,47 @@ def test_a_handler_exiting_stops_the_app_and_the_event_reaches_the_dlq(
     assert asyncio.run(dead_letters()) == [0]
 
 
+ENDED_OWNER_CHILD = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    from localbroker import Broker
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+    async def main() -> None:
+        broker = Broker(sys.argv[1], start_from="earliest")
+
+        @broker.subscriber("job.run", name="jobs")
+        async def run(event) -> None:
+            sys.exit(4)
+
+        await asyncio.create_task(broker.start())  # started by a task that has ended since
+        await broker.publish("job.run", {})
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            print("cleaned up", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_handler_exiting_stops_the_loop_when_the_starting_task_has_ended(tmp_path: Path) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", ENDED_OWNER_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert child.returncode == 4, child.stderr
+    assert child.stdout == "cleaned up\n"
+    assert "Failed 1 times, subscriber: jobs, error: SystemExit('4')" in child.stderr
+    assert "Traceback" not in child.stderr
+
+
 HUNG_CHILD = textwrap.dedent(
     """
     import asyncio, logging, os, sys, threading, time
