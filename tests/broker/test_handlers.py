@@ -27,6 +27,13 @@ from tests.waiting import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter; a child that hangs fails the test after 60 s."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
 class Halt(BaseException):
     """A BaseException that is neither an Exception nor one of asyncio's own."""
 
@@ -237,13 +244,7 @@ def test_a_handler_exiting_stops_the_app_and_the_event_reaches_the_dlq(
 ) -> None:
     runs = []
     for _ in range(3):
-        child = subprocess.run(
-            [sys.executable, "-c", EXIT_CHILD, str(tmp_path), how],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        child = run_child(EXIT_CHILD, str(tmp_path), how)
         runs.append(child)
     first, second, third = runs
     # Each run with the poison at the head tries it once and exits as the handler asked.
@@ -293,13 +294,7 @@ ENDED_OWNER_CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_a_handler_exiting_stops_the_loop_when_the_starting_task_has_ended(tmp_path: Path) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", ENDED_OWNER_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    child = run_child(ENDED_OWNER_CHILD, str(tmp_path))
     assert child.returncode == 4, child.stderr
     assert child.stdout == "cleaned up\n"
     assert "Failed 1 times, subscriber: jobs, error: SystemExit('4')" in child.stderr
@@ -356,13 +351,7 @@ HUNG_CHILD = textwrap.dedent(
 def test_hung_def_handlers_hold_back_only_their_subscriber_and_never_the_exit(
     tmp_path: Path,
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", HUNG_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    child = run_child(HUNG_CHILD, str(tmp_path))
     out = child.stdout.splitlines()
     assert child.returncode == 0, child.stderr
     # The other subscriber's handler ran, in a thread of its own.
