@@ -46,7 +46,8 @@ def asked_extras() -> dict[str, set[str]]:
     """The extras pyproject.toml asks of its dependencies: ``psycopg[binary]`` gives
     ``{"psycopg": {"binary"}}`` (what pip installs besides the package itself)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    extras = project["optional-dependencies"].values()
+    reqs = [*project["dependencies"], *(req for reqs in extras for req in reqs)]
     out: dict[str, set[str]] = {}
     for req in map(Requirement, reqs):
         if req.extras and canonicalize_name(req.name) != "localbroker":
