@@ -136,7 +136,7 @@ CREATE TABLE IF NOT EXISTS {schema}.subscribers (
 );
 """
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "id", "topic", "key", "time", "version", "correlation_id", "causation_id", "headers",
     "data", "service", "producer", "log_offset",
 )  # fmt: skip
@@ -202,8 +202,12 @@ def postgres_errors(where: str) -> Iterator[None]:
         raise SyncError(f"{where}: {exc}") from exc
 
 
-def _jsonb(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def row_params(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The query parameters of ``rows`` (JSON columns as JSON text, cast in the statement)."""
+    return [
+        tuple(orjson.dumps(row[c]).decode() if c in _JSONB else row[c] for c in columns)
+        for row in rows
+    ]
 
 
 class PostgresStore(StoreTarget[PostgresStoreConfig]):
@@ -231,7 +235,7 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
             ) from exc
         schema = sql.Identifier(self.config.db_schema)
         self._ddl = sql.SQL(SCHEMA).format(schema=schema)
-        self._insert_event = _upsert(schema, "events", _EVENT_COLUMNS, update=False)
+        self.insert_event = _upsert(schema, "events", EVENT_COLUMNS, update=False)
         self._insert_error = _upsert(schema, "errors", _ERROR_COLUMNS, update=False)
         self._upsert_dlq = _upsert(schema, "dlq", _DLQ_COLUMNS, update=True)
         self._upsert_stats = _upsert(schema, "subscribers", _STATS_COLUMNS, update=True)
@@ -333,16 +337,21 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
 
     # -- events ------------------------------------------------------------------------------
 
-    async def send(self, records: list[Record]) -> None:
+    def event_rows(self, records: list[Record]) -> list[dict[str, Any]]:
+        """The rows of ``events`` for ``records`` (those that decode)."""
         rows = []
         for offset, envelope in self.envelopes(records):
             row = self.event_row(offset, envelope)
             row["log_offset"] = row.pop("offset")
             rows.append(row)
+        return rows
+
+    async def send(self, records: list[Record]) -> None:
+        rows = self.event_rows(records)
         if not rows:
             return
         try:
-            await self._insert(self._insert_event, _EVENT_COLUMNS, rows)
+            await self._insert(self.insert_event, EVENT_COLUMNS, rows)
         except SyncError as exc:
             if not isinstance(exc.__cause__, psycopg.DataError):
                 raise
@@ -351,16 +360,15 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
     async def _insert(
         self, statement: sql.Composed, columns: tuple[str, ...], rows: list[dict[str, Any]]
     ) -> None:
-        params = [tuple(_jsonb(row[c]) if c in _JSONB else row[c] for c in columns) for row in rows]
         async with self._transaction() as cur:
-            await cur.executemany(statement, params)
+            await cur.executemany(statement, row_params(columns, rows))
 
     async def _insert_one_by_one(self, rows: list[dict[str, Any]]) -> None:
         """A batch the server refused: each row in its own transaction; the rows it refuses
         are logged and skipped (retrying cannot change the data)."""
         for row in rows:
             try:
-                await self._insert(self._insert_event, _EVENT_COLUMNS, [row])
+                await self._insert(self.insert_event, EVENT_COLUMNS, [row])
             except SyncError as exc:
                 if not isinstance(exc.__cause__, psycopg.DataError):
                     raise
