@@ -1,8 +1,10 @@
 """Configuration of the sync targets.
 
 Every option has a documented default and can be set by keyword or through the environment:
-``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig` and ``LOCALBROKER_MONGO_<OPTION>``
-for :class:`MongoStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``).
+``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig`, ``LOCALBROKER_MONGO_<OPTION>``
+for :class:`MongoStoreConfig`, ``LOCALBROKER_POSTGRES_<OPTION>`` for
+:class:`PostgresStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``,
+``LOCALBROKER_POSTGRES_DSN=postgresql://app@db/shop``).
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ class TargetConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     url: str
-    """Server URL (``redis://...`` or ``mongodb://...``)."""
+    """Server URL (``redis://...``, ``mongodb://...``; PostgreSQL's is ``dsn``)."""
     name: str | None = None
-    """Name of this target in status output and state keys (default: ``redis`` / ``mongo``);
-    give one when a broker has two targets of the same kind."""
+    """Name of this target in status output and state keys (default: its kind, ``redis``,
+    ``mongo``, ``postgres``, ``memory``); give one when a broker has two targets of a kind."""
     service: str | None = None
     """Name of this application (service): the Redis consumer group, and a field of every
     mirrored entry and document. Default: ``LOCALBROKER_SERVICE``, else the ``service`` given

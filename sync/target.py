@@ -50,7 +50,7 @@ def choose_service(target: SyncTarget[Any], broker: Broker) -> tuple[str, str]:
     """The service name of ``target`` on ``broker``, and where it comes from.
 
     Precedence: the target's own ``service`` (keyword, or ``LOCALBROKER_REDIS_SERVICE`` /
-    ``LOCALBROKER_MONGO_SERVICE``); then ``LOCALBROKER_SERVICE``; then the ``service`` given
+    ``LOCALBROKER_MONGO_SERVICE`` / ``LOCALBROKER_POSTGRES_SERVICE``); then ``LOCALBROKER_SERVICE``; then the ``service`` given
     to the broker's other sync targets (a Redis target's ``service="billing"`` names the Mongo
     documents too); then the data directory's name. Other targets naming different services
     leave it ambiguous: :class:`SyncConfigurationError`.

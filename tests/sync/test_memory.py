@@ -95,3 +95,15 @@ async def test_cli_sync_status_from_another_process(data_dir: Path) -> None:
     result = await invoke("sync", "status", "--data", str(data_dir), "--json")
     status = json.loads(result.output)["memory"]
     assert (status["backlog"], status["running"]) == (5, False)
+
+
+async def test_readme_example_runs(tmp_path: Path) -> None:
+    """The README's example of MemoryTarget in a user's test, run as written."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### In memory, for tests") :]
+    code = section[
+        section.index("```python\n") + 10 : section.index("\n```", section.index("```python"))
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    await namespace["test_orders_are_mirrored_through_an_outage"](tmp_path)
