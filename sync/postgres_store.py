@@ -189,7 +189,7 @@ def postgres_errors(where: str) -> Iterator[None]:
     try:
         yield
     except (psycopg.errors.InvalidAuthorizationSpecification, psycopg.errors.InsufficientPrivilege,
-            psycopg.errors.InvalidCatalogName, psycopg.errors.InvalidSchemaName) as exc:  # fmt: skip
+            psycopg.errors.InvalidCatalogName) as exc:  # fmt: skip
         raise SyncConfigurationError(f"{where}: {exc}") from exc
     except psycopg.OperationalError as exc:
         text = str(exc)
@@ -265,7 +265,7 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
     # -- the connection ----------------------------------------------------------------------
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is not None and not self._conn.closed:
+        if self._conn is not None and not (self._conn.closed or self._conn.broken):
             return self._conn
         async with asyncio.timeout(self.config.connect_timeout):
             conn = await psycopg.AsyncConnection.connect(
@@ -296,6 +296,13 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
                         yield cur
             except TargetUnavailableError:
                 await self._drop_connection()
+                raise
+            except SyncError as exc:
+                if isinstance(
+                    exc.__cause__, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName
+                ):
+                    # Dropped while we ran: made again by resume_point() before the next try.
+                    self._schema_made = False
                 raise
 
     async def _drop_connection(self) -> None:

@@ -173,3 +173,19 @@ async def test_commits_are_durable_whatever_the_database_default(
     finally:
         with psycopg.connect(postgres_server.url, autocommit=True) as conn:
             conn.execute("ALTER ROLE postgres RESET synchronous_commit")
+
+
+async def test_tables_dropped_while_running_are_made_again(
+    data_dir: Path, backend: PostgresBackend, postgres_server: PostgresServer
+) -> None:
+    target = backend.target()
+    async with Broker(data_dir, sync=[target]) as broker:
+        await publish_n(broker, "dropped.x", 3)
+        await target.wait_mirrored()
+        with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{backend.schema}" CASCADE')
+        later = await publish_n(broker, "dropped.x", 4, start=3)
+        await target.wait_mirrored()
+        status = target.status()
+    assert [e["id"] for e in backend.events()] == later
+    assert "does not exist" in status["last_error"]
