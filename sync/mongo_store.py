@@ -34,7 +34,6 @@ the new rule says).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -50,7 +49,7 @@ from localbroker.state.store import DLQEntry, ErrorRecord
 
 from .config import MongoStoreConfig, build_config
 from .errors import SyncConfigurationError, TargetUnavailableError
-from .store import StoreTarget, when
+from .store import StoreTarget
 from .target import logger, redact
 
 __all__ = ["MongoStore"]
@@ -240,36 +239,17 @@ class MongoStore(StoreTarget[MongoStoreConfig]):
     # -- errors, DLQ, stats ------------------------------------------------------------------
 
     async def write_errors(self, errors: list[ErrorRecord]) -> None:
-        docs = [self._doc(e, time=when(e.time)) for e in errors]
-        await self._bulk(self.errors, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs])
+        await self._replace(self.errors, [self.local_row(e) for e in errors])
 
     async def write_dlq(self, entries: list[DLQEntry]) -> None:
-        docs = [self._doc(e, dead_at=when(e.dead_at), updated=when(e.updated)) for e in entries]
-        for doc in docs:
-            del doc["attempts"]  # every try is in the errors collection
-        await self._bulk(self.dlq, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs])
+        await self._replace(self.dlq, [self.local_row(e) for e in entries])
 
-    def _doc(self, row: ErrorRecord | DLQEntry, **changes: Any) -> dict[str, Any]:
-        """The document of a row of ``state.db``: ``_id`` is ``<producer>:<row id>``."""
-        doc = dataclasses.asdict(row)
-        local_id = doc.pop("id")
-        doc.update(
-            changes,
-            _id=f"{self.producer}:{local_id}",
-            local_id=local_id,
-            service=self.service,
-            producer=self.producer,
-        )
-        return doc
+    async def _replace(self, collection: Any, rows: list[dict[str, Any]]) -> None:
+        """Upsert each row as a document with ``_id`` = its ``id``."""
+        docs = [{"_id": row.pop("id"), **row} for row in rows]
+        await self._bulk(collection, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs])
 
     async def write_stats(self, stats: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)
-        ops = [
-            ReplaceOne(
-                {"_id": f"{self.producer}:{s['name']}"},
-                {**s, "_id": f"{self.producer}:{s['name']}", "updated": now},
-                upsert=True,
-            )
-            for s in stats
-        ]
-        await self._bulk(self.subscribers, ops)
+        rows = [{**s, "id": f"{self.producer}:{s['name']}", "updated": now} for s in stats]
+        await self._replace(self.subscribers, rows)

@@ -51,7 +51,7 @@ from localbroker.state.store import DLQEntry, ErrorRecord
 
 from .config import PostgresStoreConfig, build_config
 from .errors import SyncConfigurationError, TargetUnavailableError
-from .store import StoreTarget, when
+from .store import StoreTarget
 from .target import logger, redact
 
 __all__ = ["SCHEMA", "PostgresStore"]
@@ -392,26 +392,12 @@ class PostgresStore(StoreTarget[PostgresStoreConfig]):
 
     # -- errors, DLQ, stats ------------------------------------------------------------------
 
-    def _local_row(self, row: ErrorRecord | DLQEntry, **changes: Any) -> dict[str, Any]:
-        """The row of a ``state.db`` row: ``id`` is ``<producer>:<row id>``."""
-        return {
-            **{name: getattr(row, name) for name in row.__dataclass_fields__},
-            "log_offset": row.offset,
-            **changes,
-            "id": f"{self.producer}:{row.id}",
-            "local_id": row.id,
-            "service": self.service,
-            "producer": self.producer,
-        }
-
     async def write_errors(self, errors: list[ErrorRecord]) -> None:
-        rows = [self._local_row(e, time=when(e.time)) for e in errors]
+        rows = [{**self.local_row(e), "log_offset": e.offset} for e in errors]
         await self._insert(self._insert_error, _ERROR_COLUMNS, rows)
 
     async def write_dlq(self, entries: list[DLQEntry]) -> None:
-        rows = [
-            self._local_row(e, dead_at=when(e.dead_at), updated=when(e.updated)) for e in entries
-        ]
+        rows = [{**self.local_row(e), "log_offset": e.offset} for e in entries]
         await self._insert(self._upsert_dlq, _DLQ_COLUMNS, rows)
 
     async def write_stats(self, stats: list[dict[str, Any]]) -> None:

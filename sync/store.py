@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,12 +23,12 @@ from localbroker.state.store import DLQEntry, ErrorRecord
 from .config import StoreConfig
 from .target import SyncTarget
 
-__all__ = ["StoreTarget", "when"]
+__all__ = ["StoreTarget"]
 
 C = TypeVar("C", bound=StoreConfig)
 
 
-def when(seconds: float) -> datetime:
+def _when(seconds: float) -> datetime:
     """A Unix time as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -146,6 +147,24 @@ class StoreTarget(SyncTarget[C], abc.ABC):
             }
             for s in await broker.store.subscribers()
         ]
+
+    def local_row(self, row: ErrorRecord | DLQEntry) -> dict[str, Any]:
+        """The stored form of a failed try or DLQ entry: its fields (times as datetimes, a DLQ
+        entry without its tries, which are stored as failed tries), ``id`` =
+        ``<producer>:<row id>`` (unique across the instances sharing a store), ``local_id``,
+        ``service`` and ``producer``."""
+        out = dataclasses.asdict(row)
+        out.pop("attempts", None)
+        for name in ("time", "dead_at", "updated"):
+            if name in out:
+                out[name] = _when(out[name])
+        out.update(
+            id=f"{self.producer}:{row.id}",
+            local_id=row.id,
+            service=self.service,
+            producer=self.producer,
+        )
+        return out
 
     def event_row(self, offset: int, envelope: dict[str, Any]) -> dict[str, Any]:
         """The stored form of an event: its envelope (``time`` as a datetime) with

@@ -88,6 +88,10 @@ class Backend(abc.ABC):
         """Stored DLQ entries: at least ``event_id``, ``status``, ``tries``, ``subscriber``."""
         raise NotImplementedError
 
+    def stats(self) -> list[dict[str, Any]]:
+        """Stored subscriber stats: at least ``name``, ``processed``, ``dead``."""
+        raise NotImplementedError
+
     # -- has_inbound -----------------------------------------------------------------------
 
     def inbound_target(self, topic: str, **options: Any) -> SyncTarget[Any]:
@@ -437,6 +441,13 @@ class SyncTargetContract:
             await wait_until(
                 lambda: [d["status"] for d in backend.dlq()] == ["discarded"],
                 what="the discard stored",
+            )
+            await wait_until(
+                lambda: (
+                    [(s["name"], s["processed"], s["dead"]) for s in backend.stats()]
+                    == [("billing", 9, 1)]
+                ),
+                what="the subscriber's stats stored",
             )
             await target.wait_mirrored()
         errors = sorted(backend.errors(), key=lambda e: e["attempt"])

@@ -57,6 +57,9 @@ class MongoBackend(Backend):
     def dlq(self) -> list[dict[str, Any]]:
         return self._find("dlq")
 
+    def stats(self) -> list[dict[str, Any]]:
+        return self._find("subscribers")
+
 
 class TestMongoContract(SyncTargetContract):
     @pytest.fixture

@@ -53,6 +53,9 @@ class PostgresBackend(Backend):
     def dlq(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM {s}.dlq")
 
+    def stats(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM {s}.subscribers")
+
 
 class TestPostgresContract(SyncTargetContract):
     @pytest.fixture
