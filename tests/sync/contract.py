@@ -29,14 +29,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import orjson
 import pytest
 
 from localbroker import Broker, Event, GenericEvent, RetryPolicy
-from localbroker.log import CommitLog
 from localbroker.state.store import StateStore
 from localbroker.sync import SyncTarget
-from tests.sync.helpers import cli_sync_status, log_ids, publish_n
+from tests.sync.helpers import cli_sync_status, log_envelopes, log_ids, publish_n
 from tests.waiting import wait_until
 
 #: Envelope fields every target keeps, besides service, producer and offset.
@@ -119,18 +117,6 @@ class Backend(abc.ABC):
     def abandon(self, topic: str, count: int) -> None:
         """Another instance of ``shop`` takes ``count`` entries of ``topic`` and dies."""
         raise NotImplementedError
-
-
-def log_envelopes(data_dir: Path) -> list[dict[str, Any]]:
-    """Every envelope of the log of ``data_dir``, with its ``offset``, in log order."""
-    out: list[dict[str, Any]] = []
-    with CommitLog(data_dir / "log", readonly=True) as log:
-        offset = log.start_offset
-        while offset < log.next_offset:
-            records = log.read(offset, max_records=10_000)
-            out.extend({**orjson.loads(r.payload), "offset": r.offset} for r in records)
-            offset = records[-1].offset + 1
-    return out
 
 
 def ids_once(backend: Backend) -> list[str]:
