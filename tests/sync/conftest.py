@@ -1,4 +1,4 @@
-"""Private Redis and MongoDB servers for the sync tests (started once, restartable)."""
+"""Private Redis, MongoDB and NATS servers for the sync tests (restartable)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import redis
 from localbroker.config import RetryPolicy
 from tests.conftest import require_binary
 from tests.servers.mongo import MongoServer
+from tests.servers.nats import NatsServer
 from tests.servers.redis import RedisServer
 
 #: Fast reconnects, so outage tests take a fraction of a second after the server is back.
@@ -96,3 +97,14 @@ def mongo_db(mongo_server: MongoServer, request: pytest.FixtureRequest) -> Itera
     client.drop_database(name)
     yield client[name]
     client.close()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A ``nats-server -js`` of the test's own (it starts in a fraction of a second), which it
+    may stop, kill -9 and start again on the same port and store directory."""
+    binary = require_binary(NatsServer.binary_path(), "nats-server")
+    server = NatsServer(binary, tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
