@@ -44,4 +44,4 @@ def nats_errors(where: str) -> Iterator[None]:
             f"{where}: JetStream does not answer (is the server started with -js?)"
         ) from exc
     except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise TargetUnavailableError(f"{where}: {exc or type(exc).__name__}") from exc
+        raise TargetUnavailableError(f"{where}: {str(exc) or type(exc).__name__}") from exc

@@ -209,6 +209,12 @@ class NatsInbound:
 
     async def handle(self, messages: list[Msg]) -> None:
         """Append the messages' events (one durable write), then acknowledge them all."""
+        to_ack, end = await self.append(messages)
+        await self.acknowledge(to_ack, end)
+
+    async def append(self, messages: list[Msg]) -> tuple[list[Msg], int | None]:
+        """Append the new events among ``messages`` (terminating those that cannot be used);
+        the messages to acknowledge, and the log offset after the last event appended."""
         ledger = self.ledger
         stream = self.config.stream
         prefix = self.config.subject_prefix
@@ -250,10 +256,15 @@ class NatsInbound:
             results = await self.target.broker.publish_many(events)
             ledger.appended(batch)
             end = results[-1].offset + 1
+        return to_ack, end
+
+    async def acknowledge(self, messages: list[Msg], end: int | None) -> None:
+        """Acknowledge ``messages`` (appended up to offset ``end``), and wait until the
+        acknowledgements left (a lost one means a redelivery, which the ledger drops)."""
         nc, _ = await self.target.jetstream()
         with nats_errors(self.target.describe()):
-            for msg in to_ack:
+            for msg in messages:
                 await msg.ack()
             await nc.flush(timeout=max(1, round(self.config.publish_timeout)))
         if end is not None:
-            ledger.scan_from = end
+            self.ledger.scan_from = end

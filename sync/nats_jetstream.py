@@ -121,23 +121,37 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
             if self._nc is None or self._js is None or self._nc.is_closed:
                 cfg = self.config
 
+                seen: list[Exception] = []
+
                 async def quiet(exc: Exception) -> None:
                     # Failures surface as errors of the calls that meet them (and in the
                     # status); nats-py's default would log a traceback for each.
+                    seen.append(exc)
                     logger.debug("%s: %s", self.name, exc)
 
                 with nats_errors(self.describe()):
-                    self._nc = await nats.connect(
-                        cfg.url,
-                        name=f"localbroker {self.service}",
-                        connect_timeout=max(1, round(cfg.connect_timeout)),
-                        # No reconnect inside nats-py: messages it buffered while
-                        # disconnected would be sent long after their batch failed. A failed
-                        # batch closes the connection; the next try opens a new one.
-                        allow_reconnect=False,
-                        max_reconnect_attempts=0,
-                        error_cb=quiet,
-                    )
+                    try:
+                        async with asyncio.timeout(cfg.connect_timeout):
+                            self._nc = await nats.connect(
+                                cfg.url,
+                                name=f"localbroker {self.service}",
+                                connect_timeout=max(1, round(cfg.connect_timeout)),
+                                # No reconnect inside nats-py: messages it buffered while
+                                # disconnected would be sent long after their batch failed. A
+                                # failed batch closes the connection; the next try opens another.
+                                allow_reconnect=False,
+                                # Even so, nats-py tries a server again and again while
+                                # connecting: give up after the second try (our own backoff
+                                # follows).
+                                max_reconnect_attempts=1,
+                                reconnect_time_wait=0,
+                                error_cb=quiet,
+                            )
+                    except (TimeoutError, nats.errors.NoServersError):
+                        last = f"{seen[-1]}" if seen else "no answer"
+                        raise TargetUnavailableError(
+                            f"{self.describe()}: cannot connect ({last})"
+                        ) from None
                 self._js = self._nc.jetstream(
                     timeout=cfg.publish_timeout,
                     publish_async_max_pending=cfg.batch_size,
@@ -265,6 +279,7 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
         at = self.cursor
         while at in self._stored:
             at += 1
+        self.skipped_stored += len(self._stored)
         if self._stored:
             logger.info(
                 "%s: the stream already holds %d events of offsets %d.. (stored before a "
@@ -314,7 +329,6 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
         out = []
         for record in records:
             if record.offset in self._stored:
-                self.skipped_stored += 1
                 continue
             try:
                 envelope = decode_envelope(record.payload)

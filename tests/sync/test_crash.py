@@ -3,12 +3,7 @@ exactly once."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,7 +17,7 @@ from localbroker.sync import MongoStore, RedisStreams
 from tests.servers.mongo import MongoServer
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import log_ids, stream_ids
+from tests.sync.helpers import log_ids, run_and_kill, stream_ids
 from tests.waiting import wait_until
 
 CHILD = textwrap.dedent(
@@ -49,36 +44,6 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_and_kill(args: list[str], after: float) -> int:
-    """Run the child until both targets mirror, kill it ``after`` s later; the events published."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert child.stdout is not None
-    deadline = time.monotonic() + 60
-    seen = b""
-    while True:  # lines "published redis_sent mongo_sent"
-        line = child.stdout.readline()
-        if not line:
-            child.kill()
-            _, err = child.communicate(timeout=20)
-            raise AssertionError(f"the child died: {err.decode()}")
-        seen += line
-        if all(int(sent) > 0 for sent in line.split()[1:]):
-            break  # publishing, and both targets are mirroring
-        if time.monotonic() > deadline:
-            child.kill()
-            child.communicate(timeout=20)
-            raise AssertionError(f"the targets sent nothing within 60 s: {line.decode()}")
-    time.sleep(after)  # kill at some moment while both publish and mirror go on
-    os.kill(child.pid, signal.SIGKILL)
-    rest, _ = child.communicate(timeout=20)
-    return int((seen + rest).decode().splitlines()[-1].split()[0])
-
-
 @pytest.mark.redis
 @pytest.mark.mongo
 @pytest.mark.slow
@@ -92,7 +57,7 @@ async def test_sigkill_mid_mirror_no_loss_no_duplicate(
     published = 0
     for after in (0.6, 0.9):
         args = [str(data_dir), redis_server.url, mongo_server.url, mongo_db.name, str(published)]
-        published = run_and_kill(args, after)
+        published = run_and_kill(CHILD, args, after)
     store = await StateStore.open(data_dir / "state.db", readonly=True)
     saved = {n: (await store.get_value(f"sync.state.{n}"))["cursor"] for n in ("redis", "mongo")}
     await store.close()
