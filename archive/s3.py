@@ -10,7 +10,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from .errors import (
 )
 from .manifest import file_digests
 from .objects import LIST_THREADS
-from .store import ObjectStore, verify_digest
+from .store import ObjectStore, receive_checked
 
 __all__ = ["S3Store"]
 
@@ -209,20 +208,6 @@ class S3Store(ObjectStore):
     # -- download ---------------------------------------------------------------------------
 
     def get_file(self, key: str, dest: Path | None, sha256: str) -> None:
-        tmp = dest.with_name(dest.name + ".tmp") if dest is not None else None
-        digest = hashlib.sha256()
         with self._translate(f"cannot download {key} from"):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            with open(tmp, "wb") if tmp is not None else contextlib.nullcontext() as out:
-                for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
-                    digest.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
-        try:
-            verify_digest(digest.hexdigest(), sha256, key, self.describe())
-        except ArchiveChecksumError:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise
-        if tmp is not None and dest is not None:
-            os.replace(tmp, dest)
+            receive_checked(body.iter_chunks(_DOWNLOAD_CHUNK), dest, sha256, key, self.describe())

@@ -23,7 +23,7 @@ import errno
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,13 +91,30 @@ class ObjectStore(abc.ABC):
         return 0
 
 
-def verify_digest(digest: str, sha256: str, key: str, where: str) -> None:
-    """Raise ArchiveChecksumError when the SHA-256 read (``digest``) is not the expected one."""
-    if digest != sha256:
-        raise ArchiveChecksumError(
-            f"{key} in {where} is corrupt: its SHA-256 is {digest}, the manifest says "
-            f"{sha256}; not delivered"
-        )
+def receive_checked(
+    chunks: Iterable[bytes], dest: Path | None, sha256: str, key: str, where: str
+) -> None:
+    """Write the chunks of object ``key`` to ``dest`` (if given) through ``dest.tmp``, renamed
+    only when their SHA-256 is ``sha256``; ArchiveChecksumError otherwise (and no file)."""
+    tmp = dest.with_name(dest.name + _TMP_SUFFIX) if dest is not None else None
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") if tmp is not None else contextlib.nullcontext() as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                if out is not None:
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ArchiveChecksumError(
+                f"{key} in {where} is corrupt: its SHA-256 is {digest.hexdigest()}, the "
+                f"manifest says {sha256}; not delivered"
+            )
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is not None and dest is not None:
+        os.replace(tmp, dest)
 
 
 class LocalStore(ObjectStore):
@@ -185,25 +202,8 @@ class LocalStore(ObjectStore):
             return self._path(key).read_bytes()
 
     def get_file(self, key: str, dest: Path | None, sha256: str) -> None:
-        tmp = dest.with_name(dest.name + _TMP_SUFFIX) if dest is not None else None
-        digest = hashlib.sha256()
-        with self._translate(f"cannot download {key} from"):
-            with (
-                self._path(key).open("rb") as src,
-                open(tmp, "wb") if tmp is not None else contextlib.nullcontext() as out,
-            ):
-                while chunk := src.read(_CHUNK):
-                    digest.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
-            try:
-                verify_digest(digest.hexdigest(), sha256, key, self.describe())
-            except ArchiveChecksumError:
-                if tmp is not None:
-                    tmp.unlink(missing_ok=True)
-                raise
-            if tmp is not None and dest is not None:
-                os.replace(tmp, dest)
+        with self._translate(f"cannot download {key} from"), self._path(key).open("rb") as src:
+            receive_checked(iter(lambda: src.read(_CHUNK), b""), dest, sha256, key, self.describe())
 
     def list_keys(self, prefix: str) -> list[str]:
         root = self._path(prefix.rstrip("/"))

@@ -29,7 +29,7 @@ import orjson
 
 from localbroker.errors import SerializationError
 
-from .stream_format import ORIGIN_HEADER
+from .stream_format import ORIGIN_HEADER, json_object
 
 __all__ = [
     "MSG_ID",
@@ -84,16 +84,6 @@ def message_of_envelope(
     return headers, orjson.dumps(envelope.get("data") or {})
 
 
-def _json_object(value: bytes | str, what: str, where: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise SerializationError(f"{where}: {what} is not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise SerializationError(f"{where}: {what} is not a JSON object")
-    return parsed
-
-
 def envelope_of_message(
     *,
     stream: str,
@@ -110,8 +100,11 @@ def envelope_of_message(
         raise SerializationError(
             f"{where} has no data; the data must hold the payload as a JSON object"
         )
-    payload = _json_object(data, "the data", where)
-    own = _json_object(headers[HEADERS], HEADERS, where) if HEADERS in headers else {}
+    try:
+        payload = json_object(data, "data")
+        own = json_object(headers[HEADERS], HEADERS) if HEADERS in headers else {}
+    except SerializationError as exc:
+        raise SerializationError(f"{where}: {exc}") from exc
     own = {str(k): str(v) for k, v in own.items()}
     own[ORIGIN_HEADER] = f"{ORIGIN_PREFIX}{stream}/{seq}"
     try:

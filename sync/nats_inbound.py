@@ -21,6 +21,7 @@ that cannot be used (no data, data that is not a JSON object, a bad header) is t
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -35,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from localbroker.config import StartFrom
-from localbroker.errors import SerializationError, SyncError
+from localbroker.errors import LocalBrokerError, SerializationError, SyncError
 from localbroker.events import Event, GenericEvent, to_event
 
 from .errors import SyncConfigurationError
@@ -191,6 +192,7 @@ class NatsInbound:
 
     async def run(self, name: str) -> None:
         target = self.target
+        append_failures = 0
         while not target.closing:
             try:
                 sub = await self._subscription(name)
@@ -200,12 +202,27 @@ class NatsInbound:
                             self.config.inbound_batch, timeout=self.config.fetch_wait
                         )
                     except nats.errors.TimeoutError:
-                        continue  # nothing new
-                await self.handle(messages)
+                        messages = []  # nothing new
+                target.health.ok()
+                if messages:
+                    await self.handle(messages)
+                append_failures = 0
             except SyncError as exc:
                 self._subscriptions.pop(name, None)
                 await target.drop_connection()
                 await target.retry_after_failure(exc)
+            except LocalBrokerError as exc:
+                # The local append failed (a full disk, ...): nothing was acknowledged, so the
+                # server delivers the messages again after AckWait.
+                append_failures += 1
+                logger.error(
+                    "%s: cannot append the messages fetched from consumer %s (%s); they are "
+                    "not acknowledged and come again after AckWait (up to max_deliver times)",
+                    target.name,
+                    name,
+                    exc,
+                )
+                await asyncio.sleep(self.config.reconnect.delay(append_failures))
 
     async def handle(self, messages: list[Msg]) -> None:
         """Append the messages' events (one durable write), then acknowledge them all."""

@@ -1,7 +1,7 @@
-"""``localbroker sync ...``: the status of the sync targets (Redis Streams, MongoDB).
+"""``localbroker sync ...``: the status of the sync targets (Redis Streams, MongoDB, NATS).
 
 Reads what the targets persist in ``state.db``, so it works beside a running broker and needs
-neither the ``redis`` nor the ``mongo`` extra.
+no extra of the targets.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ STALE_SECONDS = 5.0
 
 @click.group("sync")
 def sync_group() -> None:
-    """Status of the mirrors to Redis Streams and MongoDB.
+    """Status of the mirrors to Redis Streams, MongoDB and NATS JetStream.
 
     Example: localbroker sync status --data ./data
     """
