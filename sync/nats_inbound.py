@@ -165,8 +165,9 @@ class NatsInbound:
         self.given_up += 1
         logger.error(
             "%s: the server stopped delivering message %s of stream %s to consumer %s after "
-            "%s deliveries (max_deliver) without an acknowledgement; it was NOT appended and "
-            "stays in the stream",
+            "%s deliveries without an acknowledgement (max_deliver); unless it was appended "
+            "just before a crash, it is not in the local log: it stays in the stream, where an "
+            "operator can publish it again",
             self.target.name,
             seq,
             self.config.stream,

@@ -360,6 +360,38 @@ class TestNatsJetStream:
         assert sorted(log_ids(data_dir)) == sorted(f"e{n}" for n in range(50))
         assert redelivered == 50
 
+    async def test_a_message_the_server_gives_up_on_is_reported(
+        self, data_dir: Path, server: NatsServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        options = {"ack_wait": 1.0, "max_deliver": 1}
+        async with Broker(data_dir, sync=[self.inbound(server, **options)]):
+            pass  # creates the durable consumer
+        seq = await plain_publish(server.url, SUBJECT, b'{"n": 1}')
+        nc = await nats.connect(server.url)  # an instance that fetches it and dies
+        dead = await nc.jetstream().pull_subscribe_bind("shop_payment_done", stream="EVENTS")
+        assert len(await dead.fetch(1, timeout=2)) == 1
+        await nc.close()
+        target = self.inbound(server, **options)
+        with caplog.at_level(logging.ERROR, logger="localbroker.sync"):
+            async with Broker(data_dir, sync=[target]):
+                await wait_until(lambda: target.inbound.given_up == 1, what="the advisory")
+                status = target.status()["inbound"]
+        assert status["given_up"] == 1
+        (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert f"message {seq} of stream EVENTS to consumer shop_payment_done" in line
+        assert log_ids(data_dir) == []
+
+    async def test_ack_wait_and_max_deliver_follow_the_settings(
+        self, data_dir: Path, server: NatsServer
+    ) -> None:
+        async with Broker(data_dir, ack_timeout=7, max_tries=3, sync=[self.inbound(server)]):
+            info = await consumer_info(server.url, "shop_payment_done")
+        assert (info.config.ack_wait, info.config.max_deliver) == (7, 3)  # the broker's
+        target = self.inbound(server, ack_wait=2.5, max_deliver=9)
+        async with Broker(data_dir, sync=[target]):
+            info = await consumer_info(server.url, "shop_payment_done")
+        assert (info.config.ack_wait, info.config.max_deliver) == (2.5, 9)  # updated in place
+
     async def test_two_instances_share_the_durable_consumer(
         self, tmp_path: Path, server: NatsServer
     ) -> None:
