@@ -212,7 +212,7 @@ class NatsInbound:
                 self._subscriptions.pop(name, None)
                 await target.drop_connection()
                 await target.retry_after_failure(exc)
-            except LocalBrokerError as exc:
+            except (LocalBrokerError, OSError) as exc:
                 # The local append failed (a full disk, ...): nothing was acknowledged, so the
                 # server delivers the messages again after AckWait.
                 append_failures += 1
