@@ -12,7 +12,7 @@ from localbroker.errors import SyncError
 
 from .errors import SyncConfigurationError, TargetUnavailableError
 
-__all__ = ["nats_errors"]
+__all__ = ["nats_errors", "translate"]
 
 #: JetStream API error codes retrying cannot fix (no permission, bad configuration).
 _CONFIG_CODES = frozenset({400, 401, 403})
@@ -25,23 +25,33 @@ def nats_errors(where: str) -> Iterator[None]:
         yield
     except SyncError:
         raise
-    except (nats.errors.AuthorizationError, nats.errors.InvalidUserCredentialsError) as exc:
-        raise SyncConfigurationError(
-            f"{where}: authorization failed ({exc}); check the user, password or token in the URL"
-        ) from exc
-    except nats.js.errors.ServiceUnavailableError as exc:  # 503: JetStream not ready / down
-        raise TargetUnavailableError(f"{where}: {exc}") from exc
-    except nats.js.errors.APIError as exc:
-        if exc.code in _CONFIG_CODES:
-            raise SyncConfigurationError(f"{where}: {exc}") from exc
-        raise SyncError(f"{where}: {exc}") from exc
-    except nats.js.errors.NoStreamResponseError as exc:
-        raise SyncConfigurationError(
-            f"{where}: no stream takes these subjects (or JetStream is not enabled on the server)"
-        ) from exc
-    except nats.errors.NoRespondersError as exc:
-        raise SyncConfigurationError(
-            f"{where}: JetStream does not answer (is the server started with -js?)"
-        ) from exc
     except (nats.errors.Error, TimeoutError, OSError) as exc:
-        raise TargetUnavailableError(f"{where}: {str(exc) or type(exc).__name__}") from exc
+        raise translate(where, exc) from exc
+
+
+def translate(where: str, exc: BaseException) -> SyncError:
+    """The sync error of a nats-py error met at ``where``."""
+    if isinstance(
+        exc, nats.errors.AuthorizationError | nats.errors.InvalidUserCredentialsError
+    ) or (
+        # While connecting, nats-py raises the server's -ERR as a plain nats.errors.Error.
+        "authorization violation" in str(exc).lower()
+    ):
+        return SyncConfigurationError(
+            f"{where}: authorization failed ({exc}); check the user, password or token in the URL"
+        )
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):  # 503: JetStream not ready
+        return TargetUnavailableError(f"{where}: {exc}")
+    if isinstance(exc, nats.js.errors.APIError):
+        if exc.code in _CONFIG_CODES:
+            return SyncConfigurationError(f"{where}: {exc}")
+        return SyncError(f"{where}: {exc}")
+    if isinstance(exc, nats.js.errors.NoStreamResponseError):
+        return SyncConfigurationError(
+            f"{where}: no stream takes these subjects (or JetStream is not enabled on the server)"
+        )
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return SyncConfigurationError(
+            f"{where}: JetStream does not answer (is the server started with -js?)"
+        )
+    return TargetUnavailableError(f"{where}: {str(exc) or type(exc).__name__}")

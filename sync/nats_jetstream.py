@@ -129,10 +129,11 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                     seen.append(exc)
                     logger.debug("%s: %s", self.name, exc)
 
+                nc = NATS()
                 with nats_errors(self.describe()):
                     try:
                         async with asyncio.timeout(cfg.connect_timeout):
-                            self._nc = await nats.connect(
+                            await nc.connect(
                                 cfg.url,
                                 name=f"localbroker {self.service}",
                                 connect_timeout=max(1, round(cfg.connect_timeout)),
@@ -147,11 +148,17 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                                 reconnect_time_wait=0,
                                 error_cb=quiet,
                             )
-                    except (TimeoutError, nats.errors.NoServersError):
-                        last = f"{seen[-1]}" if seen else "no answer"
-                        raise TargetUnavailableError(
-                            f"{self.describe()}: cannot connect ({last})"
-                        ) from None
+                    except BaseException as exc:
+                        # A refused connection leaves its socket open inside nats-py.
+                        with contextlib.suppress(Exception):
+                            await nc.close()
+                        if isinstance(exc, TimeoutError | nats.errors.NoServersError):
+                            last = f"{seen[-1]}" if seen else "no answer"
+                            raise TargetUnavailableError(
+                                f"{self.describe()}: cannot connect ({last})"
+                            ) from None
+                        raise
+                self._nc = nc
                 self._js = self._nc.jetstream(
                     timeout=cfg.publish_timeout,
                     publish_async_max_pending=cfg.batch_size,

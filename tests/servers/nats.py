@@ -21,10 +21,14 @@ __all__ = ["NatsServer"]
 class NatsServer:
     """``nats-server -js`` on 127.0.0.1:``port`` with its store in ``directory``."""
 
-    def __init__(self, binary: str, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, directory: Path, port: int | None = None, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port or free_port()
+        self.args = args
+        """More ``nats-server`` options (e.g. ``--user``/``--pass``)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -47,6 +51,7 @@ class NatsServer:
                 "-js",
                 "-sd", str(self.directory),
                 "-l", str(self.directory / "nats-server.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -497,6 +497,21 @@ class TestNatsJetStream:
             assert broker.log.next_offset == 0
 
 
+async def test_wrong_credentials_fail_start(data_dir: Path, tmp_path: Path) -> None:
+    binary = NatsServer.binary_path()
+    assert binary is not None or pytest.skip("no nats-server")
+    server = NatsServer(binary, tmp_path / "auth", args=("--user", "app", "--pass", "right"))
+    server.start()
+    try:
+        url = f"nats://app:wrong@127.0.0.1:{server.port}"
+        with pytest.raises(SyncConfigurationError, match="authorization failed") as info:
+            async with Broker(data_dir, sync=[NatsJetStream(url)]):
+                pass
+        assert "wrong" not in str(info.value)  # the password is not shown
+    finally:
+        server.stop()
+
+
 async def add_probe_stream(url: str) -> None:
     """A stream with a short duplicate window, for :func:`window_over` probes."""
     nc = await nats.connect(url)
