@@ -20,7 +20,7 @@ from localbroker.log.segment import log_path_for
 
 from .errors import ArchiveError
 from .manifest import Manifest
-from .s3 import S3Store
+from .objects import ArchiveObjects
 from .tiering import Tiering
 
 __all__ = ["ArchiveColdReader", "SegmentCache"]
@@ -35,13 +35,13 @@ class SegmentCache:
     a previous run left in ``directory`` is removed: the cache only serves this run's replays.
     """
 
-    def __init__(self, directory: Path, s3: S3Store, max_bytes: int) -> None:
+    def __init__(self, directory: Path, objects: ArchiveObjects, max_bytes: int) -> None:
         if directory.is_dir():
             for entry in directory.iterdir():
                 if len(entry.name) == 20 and entry.name.isdigit():  # only our segment dirs
                     shutil.rmtree(entry, ignore_errors=True)
         self.directory = directory
-        self.s3 = s3
+        self.objects = objects
         self.max_bytes = max_bytes
         self._logs: collections.OrderedDict[int, CommitLog] = collections.OrderedDict()
         self._sizes: dict[int, int] = {}
@@ -67,7 +67,7 @@ class SegmentCache:
         directory = self.directory / f"{manifest.base_offset:020d}"
         path = log_path_for(directory, manifest.base_offset)
         directory.mkdir(parents=True, exist_ok=True)
-        self.s3.download(manifest, path)  # appears only once its SHA-256 matched
+        self.objects.download(manifest, path)  # appears only once its SHA-256 matched
         self.downloads += 1
         log = CommitLog(directory, readonly=True).open()
         if log.next_offset != manifest.next_offset or log.start_offset != manifest.base_offset:

@@ -1,4 +1,5 @@
-"""Configuration of the archive: where it lives in S3, how uploads run, what retention keeps."""
+"""Configuration of the archive: where it lives (S3 or a directory), how uploads run, what
+retention keeps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from localbroker.errors import ConfigurationError
 
@@ -20,12 +21,17 @@ MIB = 1024 * 1024
 
 
 class S3Location(BaseModel):
-    """Where the archive lives: enough for the batch reader, which needs nothing else."""
+    """Where the archive lives, an S3 bucket or a local directory: enough for the batch reader,
+    which needs nothing else. The S3 options below apply to a bucket only."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bucket: str = Field(min_length=3)
+    bucket: str | None = Field(default=None, min_length=3)
     """The S3 bucket (it must exist: the archive never creates buckets)."""
+    directory: Path | None = None
+    """A local directory instead of a bucket (a mounted volume; it must exist): objects are
+    files under it, written through a checked temporary file and a rename (see
+    :class:`~localbroker.archive.LocalStore`). Needs no ``s3`` extra."""
     prefix: str = "localbroker"
     """Key prefix of this broker's archive; keys are ``PREFIX/segments/...`` and ``PREFIX/manifests/...``."""
     endpoint_url: str | None = None
@@ -50,6 +56,12 @@ class S3Location(BaseModel):
     def _strip_slashes(cls, value: str) -> str:
         return value.strip("/")
 
+    @model_validator(mode="after")
+    def _one_place(self) -> S3Location:
+        if self.bucket is not None and self.directory is not None:
+            raise ValueError("give a bucket or a directory, not both")
+        return self
+
 
 class RetentionPolicy(BaseModel):
     """Which local segments to delete once they are archived. Both limits apply; None = no limit.
@@ -71,6 +83,7 @@ class ArchiveConfig(S3Location):
     Example::
 
         Archive(bucket="events", prefix="shop", retention=RetentionPolicy(max_bytes=10 * 2**30))
+        Archive(directory="/mnt/archive", prefix="shop")
     """
 
     retention: RetentionPolicy = RetentionPolicy()
@@ -83,11 +96,14 @@ class ArchiveConfig(S3Location):
     """Upper bound of the download cache (least recently used segments are evicted first)."""
 
 
-def load_archive_config(environ: Mapping[str, str] | None = None, **options: Any) -> ArchiveConfig:
+def load_archive_config(
+    environ: Mapping[str, str] | None = None, *, need_location: bool = True, **options: Any
+) -> ArchiveConfig:
     """Build an :class:`ArchiveConfig` from keywords and ``LOCALBROKER_ARCHIVE_*`` variables.
 
     Keywords that are not None win over the environment. Raises :class:`ConfigurationError`
-    naming the bad option.
+    naming the bad option, or the missing bucket or directory (unless ``need_location`` is
+    false: the caller brings its own store).
     """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -96,9 +112,11 @@ def load_archive_config(environ: Mapping[str, str] | None = None, **options: Any
         if raw is not None and raw != "":
             values[name] = _json(name, raw) if name == "retention" else raw
     values.update({k: v for k, v in options.items() if v is not None})
-    if "bucket" not in values:
+    if need_location and "bucket" not in values and "directory" not in values:
         raise ConfigurationError(
-            f"the archive needs a bucket: pass bucket=... (--bucket) or set {ENV_PREFIX}BUCKET"
+            f"the archive needs a bucket or a directory: pass bucket=... (--bucket) or set "
+            f"{ENV_PREFIX}BUCKET, or pass directory=... (--directory) or set "
+            f"{ENV_PREFIX}DIRECTORY"
         )
     try:
         return ArchiveConfig.model_validate(values)

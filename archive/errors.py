@@ -1,8 +1,10 @@
 """Errors of the archive, all :class:`~localbroker.errors.ArchiveError`::
 
 ArchiveError
-├── ArchiveUnavailableError   S3 cannot be reached or failed for now (retriable)
-├── ArchiveAccessError        wrong credentials, no permission or no such bucket (not retriable)
+├── ArchiveUnavailableError   the store cannot be reached or failed for now: S3 down, a full
+│                             disk (retriable)
+├── ArchiveAccessError        wrong credentials, no permission, no such bucket or directory
+│                             (not retriable)
 └── ArchiveChecksumError      an object's content does not match its recorded SHA-256
 """
 
@@ -14,13 +16,14 @@ __all__ = ["ArchiveAccessError", "ArchiveChecksumError", "ArchiveError", "Archiv
 
 
 class ArchiveUnavailableError(ArchiveError):
-    """S3 is unreachable or answered with a transient error: segments stay local, try later."""
+    """The store is unreachable or failed for now (S3 down, a full disk): segments stay local,
+    try later."""
 
     retriable = True
 
 
 class ArchiveAccessError(ArchiveError):
-    """The credentials are wrong, lack permission, or the bucket does not exist."""
+    """The credentials are wrong, lack permission, or the bucket or directory does not exist."""
 
     retriable = False
 

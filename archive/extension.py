@@ -1,4 +1,4 @@
-"""The ``Archive`` broker extension: background tiering, retention and replay from S3."""
+"""The ``Archive`` broker extension: background tiering, retention and replay from the archive."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from .cold import ArchiveColdReader, SegmentCache
 from .config import ArchiveConfig, load_archive_config
 from .errors import ArchiveUnavailableError
 from .manifest import Manifest
-from .s3 import S3Store
+from .objects import ArchiveObjects
+from .store import ObjectStore, open_store
 from .tiering import ArchiveState, Tiering
 
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ logger = logging.getLogger("localbroker.archive")
 
 
 class Archive:
-    """Tier a broker's sealed segments to S3, apply retention, serve deleted offsets back.
+    """Tier a broker's sealed segments to S3 (or a directory), apply retention, serve deleted
+    offsets back.
 
     Example::
 
@@ -37,14 +39,27 @@ class Archive:
         )
 
     Options are those of :class:`ArchiveConfig` (keywords or ``config=``), completed from
-    ``LOCALBROKER_ARCHIVE_*`` variables. On start, wrong credentials or a missing bucket raise
-    :class:`~localbroker.archive.ArchiveAccessError`; an unreachable S3 only logs a warning:
-    segments stay local and uploads (and retention) wait until it is back. Uploads run in
-    threads and never block ``publish``.
+    ``LOCALBROKER_ARCHIVE_*`` variables; ``store=`` gives the object store directly (a
+    :class:`~localbroker.archive.LocalStore`, or one of your own), instead of the bucket or
+    directory of the options. On start, wrong credentials or a missing bucket or directory
+    raise :class:`~localbroker.archive.ArchiveAccessError`; an unreachable store only logs a
+    warning: segments stay local and uploads (and retention) wait until it is back. Uploads run
+    in threads and never block ``publish``.
     """
 
-    def __init__(self, config: ArchiveConfig | None = None, **options: Any) -> None:
-        self.config = config if config is not None else load_archive_config(**options)
+    def __init__(
+        self,
+        config: ArchiveConfig | None = None,
+        *,
+        store: ObjectStore | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = (
+            config
+            if config is not None
+            else load_archive_config(need_location=store is None, **options)
+        )
+        self.store = store
         self._broker: Broker | None = None
         self._tiering: Tiering | None = None
         self._cache: SegmentCache | None = None
@@ -62,12 +77,15 @@ class Archive:
     async def start(self, broker: Broker) -> None:
         """Check access to the bucket, load the manifests, start the background loop."""
         cfg = self.config
-        s3 = await asyncio.to_thread(S3Store, cfg)
+        store = self.store
+        if store is None:
+            store = await asyncio.to_thread(open_store, cfg)
+        objects = ArchiveObjects(store, cfg.prefix)
         self._tiering = tiering = Tiering(
-            broker.log, s3, store=broker.store, retention=cfg.retention
+            broker.log, objects, store=broker.store, retention=cfg.retention
         )
         try:
-            await asyncio.to_thread(s3.check)
+            await asyncio.to_thread(objects.check)
             await tiering.load()
         except ArchiveUnavailableError as exc:
             logger.warning("archive unreachable at start, segments stay local for now: %s", exc)
@@ -75,7 +93,7 @@ class Archive:
         self._broker = broker
         self._run_lock = asyncio.Lock()
         cache_dir = cfg.cache_dir or broker.data_dir / "archive-cache"
-        self._cache = SegmentCache(cache_dir, s3, cfg.cache_bytes)
+        self._cache = SegmentCache(cache_dir, objects, cfg.cache_bytes)
         broker.cold_reader = ArchiveColdReader(tiering, self._cache)
         self._task = asyncio.create_task(self._loop(), name="localbroker-archive")
 

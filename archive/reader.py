@@ -17,7 +17,8 @@ from localbroker.topics import TopicPattern
 
 from .config import S3Location
 from .manifest import Manifest
-from .s3 import S3Store
+from .objects import ArchiveObjects
+from .store import ObjectStore, open_store
 
 __all__ = ["ArchiveReader", "ArchivedEvent", "read"]
 
@@ -70,10 +71,12 @@ class ArchiveReader:
         reader = ArchiveReader(S3Location(bucket="events", prefix="shop"))
         for event in reader.events(topics=["order.*"], since=datetime(2026, 1, 1, tzinfo=UTC)):
             print(event.offset, event.payload)
+
+    ``store`` replaces the store the location names (its ``prefix`` still applies).
     """
 
-    def __init__(self, location: S3Location) -> None:
-        self.s3 = S3Store(location)
+    def __init__(self, location: S3Location, store: ObjectStore | None = None) -> None:
+        self.objects = ArchiveObjects(store or open_store(location), location.prefix)
 
     def manifests(
         self,
@@ -86,7 +89,7 @@ class ArchiveReader:
         since_ms, until_ms = _millis(since, "since"), _millis(until, "until")
         return [
             m
-            for m in self.s3.list_manifests()
+            for m in self.objects.list_manifests()
             if m.overlaps(since_ms, until_ms)
             and (patterns is None or any(p.matches(t) for p in patterns for t in m.topics))
         ]
@@ -113,7 +116,7 @@ class ArchiveReader:
         with tempfile.TemporaryDirectory(prefix="localbroker-archive-") as tmp:
             for manifest in manifests:
                 path = log_path_for(Path(tmp), manifest.base_offset)
-                self.s3.download(manifest, path)
+                self.objects.download(manifest, path)
                 try:
                     for record in scan_segment(path):
                         if (since_ms is not None and record.timestamp < since_ms) or (
@@ -146,7 +149,8 @@ def _patterns(topics: Iterable[str] | None) -> list[TopicPattern] | None:
 
 def read(
     *,
-    bucket: str,
+    bucket: str | None = None,
+    directory: str | Path | None = None,
     prefix: str = "localbroker",
     topics: Iterable[str] | None = None,
     since: datetime | float | None = None,
@@ -154,7 +158,8 @@ def read(
     endpoint_url: str | None = None,
     region: str | None = None,
 ) -> Iterator[ArchivedEvent]:
-    """Iterate archived events from S3 alone (no broker, no data directory).
+    """Iterate archived events from the archive alone (no broker, no data directory): in the
+    S3 ``bucket``, or the local ``directory``.
 
     ``topics``: exact topics or patterns (``order.*``); ``since`` / ``until``: append time,
     aware datetimes or epoch seconds, ``since`` included, ``until`` excluded. Only segments
@@ -168,5 +173,11 @@ def read(
                           since=datetime(2026, 11, 1, tzinfo=UTC)):
             total += event.payload["amount"]
     """
-    location = S3Location(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region)
+    location = S3Location(
+        bucket=bucket,
+        directory=directory,
+        prefix=prefix,
+        endpoint_url=endpoint_url,
+        region=region,
+    )
     return ArchiveReader(location).events(topics, since, until)

@@ -1,4 +1,4 @@
-"""The S3 adapter: verified uploads, verified downloads, manifests; boto3 errors translated.
+"""The S3 object store: verified (multipart) uploads, verified downloads; boto3 errors translated.
 
 Everything here is blocking (boto3 is synchronous): the archive calls it through
 ``asyncio.to_thread``.
@@ -10,10 +10,7 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,9 @@ from .errors import (
     ArchiveError,
     ArchiveUnavailableError,
 )
-from .manifest import Manifest, build_manifest, file_digests, manifest_key
+from .manifest import file_digests
+from .objects import LIST_THREADS
+from .store import ObjectStore, receive_checked
 
 __all__ = ["S3Store"]
 
@@ -49,17 +48,21 @@ _ACCESS_CODES = frozenset(
     }
 )
 _DOWNLOAD_CHUNK = 1024 * 1024
-#: Manifests read at once when listing the archive.
-_LIST_THREADS = 8
 
 
-class S3Store:
-    """One archive location (bucket + prefix) in S3 or an S3-compatible store."""
+class S3Store(ObjectStore):
+    """A bucket of S3 or of an S3-compatible store (MinIO, moto, ...).
+
+    Uploads carry a SHA-256 checksum that S3 checks and keeps; a file of ``multipart_threshold``
+    bytes or more goes up in parts (S3 then keeps a checksum of the parts' checksums, which is
+    compared with the local file's). A store that keeps no checksums is read back instead.
+    """
 
     def __init__(self, location: S3Location) -> None:
+        if location.bucket is None:
+            raise ArchiveAccessError("S3Store needs a bucket")
         self.location = location
         self.bucket = location.bucket
-        self.prefix = location.prefix
         self.transfer = TransferConfig(
             multipart_threshold=location.multipart_threshold,
             multipart_chunksize=location.part_size,
@@ -73,14 +76,14 @@ class S3Store:
                 connect_timeout=location.connect_timeout,
                 read_timeout=location.read_timeout,
                 retries={"max_attempts": location.max_attempts, "mode": "standard"},
-                max_pool_connections=max(_LIST_THREADS, location.max_concurrency) + 2,
+                max_pool_connections=max(LIST_THREADS, location.max_concurrency) + 2,
             ),
         )
         """The boto3 client (exposed for instrumentation, e.g. botocore event hooks)."""
 
-    def describe(self) -> str:
+    def describe(self, prefix: str = "") -> str:
         where = f" at {self.location.endpoint_url}" if self.location.endpoint_url else ""
-        return f"s3://{self.bucket}/{self.prefix}{where}"
+        return f"s3://{self.bucket}/{prefix}{where}"
 
     @contextlib.contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -109,8 +112,8 @@ class S3Store:
 
     # -- checks -----------------------------------------------------------------------------
 
-    def check(self) -> None:
-        """Check that the bucket exists and the credentials may use it.
+    def check(self, prefix: str = "") -> None:
+        """Check that the bucket exists and the credentials may use it (and ``prefix``).
 
         Raises :class:`ArchiveAccessError` (wrong credentials, missing bucket) or
         :class:`ArchiveUnavailableError` (unreachable).
@@ -118,14 +121,14 @@ class S3Store:
         with self._translate("cannot access"):
             self.client.head_bucket(Bucket=self.bucket)
             # head_bucket needs no object permission: list the prefix too.
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix + "/", MaxKeys=1)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
 
-    def abort_stale_uploads(self) -> int:
-        """Abort multipart uploads of segments left over by an interrupted upload."""
+    def abort_incomplete(self, prefix: str) -> int:
+        """Abort multipart uploads under ``prefix`` left over by an interrupted upload."""
         aborted = 0
         with self._translate("cannot list the multipart uploads of"):
             paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/segments/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for upload in page.get("Uploads", []):
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
@@ -134,117 +137,77 @@ class S3Store:
                     aborted += 1
         return aborted
 
-    # -- manifests --------------------------------------------------------------------------
+    # -- objects ---------------------------------------------------------------------------
 
-    def list_manifests(self) -> list[Manifest]:
-        """Every manifest under the prefix, by base offset."""
-        with self._translate("cannot list the manifests of"):
+    def list_keys(self, prefix: str) -> list[str]:
+        with self._translate(f"cannot list {prefix} in"):
             keys: list[str] = []
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/manifests/"):
-                keys.extend(
-                    o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")
-                )
-        if not keys:
-            return []
-        with ThreadPoolExecutor(max_workers=min(_LIST_THREADS, len(keys))) as pool:
-            manifests = list(pool.map(self.get_manifest, keys))
-        return sorted(manifests, key=lambda m: m.base_offset)
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(o["Key"] for o in page.get("Contents", []))
+        return sorted(keys)
 
-    def get_manifest(self, key: str) -> Manifest:
-        """Read one manifest."""
+    def get_bytes(self, key: str) -> bytes:
         with self._translate(f"cannot read {key} from"):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        try:
-            return Manifest.model_validate_json(body)
-        except ValueError as exc:
-            raise ArchiveChecksumError(
-                f"manifest {key} in {self.describe()} is invalid: {exc}"
-            ) from exc
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
 
-    # -- upload -----------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes) -> None:
+        content_type = "application/json" if key.endswith(".json") else "application/octet-stream"
+        with self._translate(f"cannot write {key} to"):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+            )
 
-    def upload_segment(self, path: Path) -> Manifest:
-        """Upload a sealed segment file, verify it, then write its manifest; return the manifest.
-
-        The segment counts as archived only once this returns. If it fails part way, S3 holds
-        at most an unverified segment object with no manifest (a multipart upload that failed
-        is aborted, or aborted later by :meth:`abort_stale_uploads`), which readers ignore and
-        the next try overwrites.
-        """
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
         size = path.stat().st_size
         multipart = size >= self.location.multipart_threshold
-        part_size = (
-            ChunksizeAdjuster().adjust_chunksize(self.location.part_size, size)
-            if multipart
-            else size
-        )
-        sha256, parts = file_digests(path, max(part_size, 1))
-        manifest = build_manifest(path, self.prefix, sha256)
+        parts: list[bytes] | None = None
+        if multipart:
+            part_size = ChunksizeAdjuster().adjust_chunksize(self.location.part_size, size)
+            whole, parts = file_digests(path, max(part_size, 1))
+            if whole != sha256:
+                raise ArchiveChecksumError(
+                    f"{path} changed while it was archived: its SHA-256 is {whole}, not {sha256}"
+                )
         with self._translate(f"cannot upload {path.name} to"):
             self.client.upload_file(
                 str(path),
                 self.bucket,
-                manifest.key,
+                key,
                 Config=self.transfer,
                 ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": sha256}},
             )
-            self._verify_upload(manifest, parts if multipart else None)
-            manifest = manifest.model_copy(update={"uploaded_at": time.time()})
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=manifest_key(self.prefix, manifest.base_offset),
-                Body=manifest.to_json(),
-                ContentType="application/json",
-                ChecksumAlgorithm="SHA256",
-            )
-        return manifest
+            self._verify_upload(key, size, sha256, parts)
 
-    def _verify_upload(self, manifest: Manifest, parts: list[bytes] | None) -> None:
+    def _verify_upload(self, key: str, size: int, sha256: str, parts: list[bytes] | None) -> None:
         """Compare what S3 stored with the local file (its checksum, else a download)."""
-        head = self.client.head_object(Bucket=self.bucket, Key=manifest.key, ChecksumMode="ENABLED")
-        if head["ContentLength"] != manifest.size_bytes:
+        head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        if head["ContentLength"] != size:
             raise ArchiveChecksumError(
-                f"{manifest.key}: S3 holds {head['ContentLength']} bytes, the segment has "
-                f"{manifest.size_bytes}"
+                f"{key}: S3 holds {head['ContentLength']} bytes, the file has {size}"
             )
         stored = head.get("ChecksumSHA256")
         if stored is None:
             # A store that keeps no checksums: read the object back.
-            self.download(manifest, None)
+            self.get_file(key, None, sha256)
             return
         if parts is None:
-            expected = base64.b64encode(bytes.fromhex(manifest.sha256)).decode()
+            expected = base64.b64encode(bytes.fromhex(sha256)).decode()
         else:
             expected = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
         if stored.split("-")[0] != expected:
             raise ArchiveChecksumError(
-                f"{manifest.key}: S3's SHA-256 {stored} does not match the segment's {expected}"
+                f"{key}: S3's SHA-256 {stored} does not match the file's {expected}"
             )
 
     # -- download ---------------------------------------------------------------------------
 
-    def download(self, manifest: Manifest, dest: Path | None) -> None:
-        """GET a segment object, checking its SHA-256; write it to ``dest`` (if given).
-
-        The file appears under ``dest`` (by rename) only when the checksum matched; raises
-        :class:`ArchiveChecksumError` otherwise.
-        """
-        tmp = dest.with_name(dest.name + ".tmp") if dest is not None else None
-        digest = hashlib.sha256()
-        with self._translate(f"cannot download {manifest.key} from"):
-            body = self.client.get_object(Bucket=self.bucket, Key=manifest.key)["Body"]
-            with open(tmp, "wb") if tmp is not None else contextlib.nullcontext() as out:
-                for chunk in body.iter_chunks(_DOWNLOAD_CHUNK):
-                    digest.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
-        if digest.hexdigest() != manifest.sha256:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            raise ArchiveChecksumError(
-                f"{manifest.key} in {self.describe()} is corrupt: its SHA-256 is "
-                f"{digest.hexdigest()}, the manifest says {manifest.sha256}; not delivered"
-            )
-        if tmp is not None and dest is not None:
-            os.replace(tmp, dest)
+    def get_file(self, key: str, dest: Path | None, sha256: str) -> None:
+        with self._translate(f"cannot download {key} from"):
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            receive_checked(body.iter_chunks(_DOWNLOAD_CHUNK), dest, sha256, key, self.describe())

@@ -23,7 +23,8 @@ from localbroker.view import BrokerView
 from .config import ArchiveConfig, RetentionPolicy
 from .errors import ArchiveError
 from .manifest import Manifest
-from .s3 import S3Store
+from .objects import ArchiveObjects
+from .store import ObjectStore, open_store
 
 __all__ = ["STATE_KEY", "ArchiveState", "Tiering", "archive_now", "local_status"]
 
@@ -52,32 +53,32 @@ class ArchiveState(BaseModel):
 class Tiering:
     """Uploads a log's sealed segments in order and applies retention to archived ones.
 
-    ``manifests`` (by base offset) is what the archive holds, loaded from S3 by :meth:`load`.
+    ``manifests`` (by base offset) is what the archive holds, loaded by :meth:`load`.
     """
 
     def __init__(
         self,
         log: CommitLog,
-        s3: S3Store,
+        objects: ArchiveObjects,
         *,
         store: StateStore | None = None,
         retention: RetentionPolicy | None = None,
     ) -> None:
         self.log = log
-        self.s3 = s3
+        self.objects = objects
         self.store = store
         self.retention = retention or RetentionPolicy()
         self.manifests: list[Manifest] = []
         self._bases: list[int] = []
         self.loaded = False
-        self.state = ArchiveState(location=s3.describe())
+        self.state = ArchiveState(location=objects.describe())
 
     # -- what the archive holds ----------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the manifests from S3 and abort multipart uploads left by an interruption."""
-        manifests = await asyncio.to_thread(self.s3.list_manifests)
-        await asyncio.to_thread(self.s3.abort_stale_uploads)
+        """Read the manifests and remove what interrupted uploads left behind."""
+        manifests = await asyncio.to_thread(self.objects.list_manifests)
+        await asyncio.to_thread(self.objects.abort_stale_uploads)
         self.manifests = manifests
         self._bases = [m.base_offset for m in manifests]
         self.loaded = True
@@ -95,7 +96,7 @@ class Tiering:
         return self.manifests[0].base_offset if self.manifests else None
 
     def is_archived(self, segment: SegmentInfo) -> bool:
-        """Whether this exact segment (same offsets and size) has a verified copy in S3."""
+        """Whether this exact segment (same offsets and size) has a verified copy archived."""
         i = bisect_right(self._bases, segment.base_offset) - 1
         if i < 0 or self._bases[i] != segment.base_offset:
             return False
@@ -119,7 +120,7 @@ class Tiering:
         done: list[Manifest] = []
         for segment in self.pending():
             try:
-                manifest = await asyncio.to_thread(self.s3.upload_segment, segment.path)
+                manifest = await asyncio.to_thread(self.objects.upload_segment, segment.path)
             except ArchiveError as exc:
                 await self.record_error(exc)
                 self.loaded = False  # next time: list again and abort what the failure left
@@ -209,14 +210,18 @@ class Tiering:
 
 
 async def archive_now(
-    data_dir: Path, config: ArchiveConfig
+    data_dir: Path, config: ArchiveConfig, store: ObjectStore | None = None
 ) -> tuple[list[Manifest], list[SegmentInfo]]:
     """Upload the pending sealed segments of a data directory no broker runs on, then apply
     retention; return the new manifests and the deleted segments (``localbroker archive run``).
+    ``store`` defaults to the one ``config`` names.
 
     Raises :class:`BrokerStateError` when a broker runs on the directory: its own archive
     uploads within ``upload_interval``.
     """
+    if store is None:
+        # First: a missing extra or location is the error to report, before the directory's.
+        store = await asyncio.to_thread(open_store, config)
     log = CommitLog(data_dir / "log")
     try:
         await asyncio.to_thread(log.open)
@@ -226,15 +231,15 @@ async def archive_now(
             "(every upload_interval); stop it to archive from the command line"
         ) from None
     try:
-        store = await StateStore.open(data_dir / "state.db")
+        state = await StateStore.open(data_dir / "state.db")
         try:
-            s3 = await asyncio.to_thread(S3Store, config)
-            await asyncio.to_thread(s3.check)
-            tiering = Tiering(log, s3, store=store, retention=config.retention)
+            objects = ArchiveObjects(store, config.prefix)
+            await asyncio.to_thread(objects.check)
+            tiering = Tiering(log, objects, store=state, retention=config.retention)
             uploaded = await tiering.upload_pending()
             return uploaded, tiering.apply_retention()
         finally:
-            await store.close()
+            await state.close()
     finally:
         await asyncio.to_thread(log.close)
 
@@ -253,7 +258,7 @@ class LocalStatus(BaseModel):
 
 
 async def local_status(data_dir: Path) -> LocalStatus:
-    """Archive status of a data directory, from local files only (no S3 needed)."""
+    """Archive status of a data directory, from local files only (no S3 access needed)."""
     async with BrokerView(data_dir) as view:
         raw = await view.store.get_value(STATE_KEY)
         segments = view.log.segments()

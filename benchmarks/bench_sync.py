@@ -4,7 +4,11 @@ Redis Streams against a private ``redis-server`` started here, with raw pipeline
 the same entries through redis-py (batches of the mirror's size) as the baseline in the same
 run. PostgreSQL against a private server started here, with psycopg's own batched insert of the
 same rows (``executemany`` in one transaction per batch of the mirror's size, which psycopg
-pipelines) as the baseline; median of 3 runs each, and the CPU time of this process per event.
+pipelines) as the baseline. NATS JetStream against a private ``nats-server -js`` started here,
+with raw pipelined JetStream publishes of the same messages through nats-py (``publish_async``,
+then every acknowledgement awaited, in batches of the mirror's size) as the baseline. PostgreSQL
+and NATS figures are the median of 3 runs, with this process's CPU time per event (the server's
+own CPU is not counted).
 Run: ``python -m benchmarks.bench_sync [--quick]``.
 """
 
@@ -26,6 +30,7 @@ from localbroker.events import decode_envelope
 from localbroker.log import CommitLog, Record
 from localbroker.sync import RedisStreams
 from localbroker.sync.stream_format import entry_fields
+from tests.servers.nats import NatsServer
 from tests.servers.postgres import PostgresServer
 from tests.servers.redis import NO_FSYNC, RedisServer
 
@@ -39,6 +44,7 @@ async def make_backlog(data: Path, n: int) -> None:
 
 
 def backlog_records(data: Path) -> list[Record]:
+    """Every record of the backlog's log."""
     with CommitLog(data / "log", readonly=True) as log:
         records = []
         offset = 0
@@ -141,6 +147,53 @@ async def mirror_postgres_run(url: str, data: Path, n: int, run: int) -> tuple[f
     return n / elapsed, cpu / n * 1e6
 
 
+# -- NATS JetStream ------------------------------------------------------------------------
+
+
+async def raw_nats_publish(url: str, data: Path, n: int, run: int) -> tuple[float, float]:
+    """nats-py's own pipelined JetStream publish of the messages the mirror sends (batches of
+    the mirror's size, every acknowledgement awaited): events/s and CPU µs per event."""
+    import nats
+    from nats.js.api import StreamConfig
+
+    from localbroker.sync.nats_format import message_of_envelope
+
+    messages = [
+        message_of_envelope(
+            decode_envelope(r.payload), service="bench", producer="raw", offset=r.offset
+        )
+        for r in backlog_records(data)[:n]
+    ]
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=BATCH)
+    await js.add_stream(StreamConfig(name=f"RAW{run}", subjects=[f"raw{run}.>"]))
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(messages), BATCH):
+        futures = [
+            await js.publish_async(f"raw{run}.bench.tick", body, headers=headers)
+            for headers, body in messages[start : start + BATCH]
+        ]
+        await asyncio.gather(*futures)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await nc.close()
+    return len(messages) / elapsed, cpu / len(messages) * 1e6
+
+
+async def nats_mirror_rate(url: str, data: Path, n: int, run: int) -> tuple[float, float]:
+    """Events per second (and CPU µs per event) the NATS mirror sends from a backlog."""
+    from localbroker.sync import NatsJetStream
+
+    name = f"nats{run}"
+    target = NatsJetStream(
+        url, name=name, service="bench", stream=f"EVENTS{run}", subject_prefix=f"events{run}."
+    )
+    async with Broker(data, index_events=False, sync=[target]) as broker:
+        started, cpu = time.perf_counter(), time.process_time()
+        await wait_drained(broker, n, name=name)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return n / elapsed, cpu / n * 1e6
+
+
 async def run_postgres(root: Path, n: int) -> list[dict[str, Any]]:
     binary = PostgresServer.binary_path()
     if binary is None:
@@ -169,6 +222,33 @@ async def run_postgres(root: Path, n: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+async def run_nats(root: Path, n: int) -> list[dict[str, Any]]:
+    binary = NatsServer.binary_path()
+    if binary is None:
+        raise RuntimeError("nats-server not found: apt-get install nats-server")
+    server = NatsServer(binary, root / "nats")
+    server.start()
+    raw: list[tuple[float, float]] = []
+    mirror: list[tuple[float, float]] = []
+    try:
+        for i in range(3):  # interleaved, so that a noisy moment hits both alike
+            raw.append(await raw_nats_publish(server.url, root / "backlog", n, i))
+            mirror.append(await nats_mirror_rate(server.url, root / "backlog", n, i))
+    finally:
+        server.stop()
+    raw_rate = statistics.median(r for r, _ in raw)
+    raw_cpu = statistics.median(c for _, c in raw)
+    return [
+        row("raw pipelined JetStream publish (nats-py), median of 3", raw_rate, "events/s"),
+        row(f"mirror to NATS JetStream from a {n:,}-event backlog, median of 3",
+            statistics.median(r for r, _ in mirror), "events/s",
+            "raw pipelined JetStream publish", raw_rate),
+        row("  CPU per event, raw JetStream publish", raw_cpu, "µs"),
+        row("  CPU per event, NATS mirror", statistics.median(c for _, c in mirror), "µs",
+            "raw JetStream publish", raw_cpu),
+    ]  # fmt: skip
+
+
 async def run(quick: bool) -> list[dict[str, Any]]:
     n = 20_000 if quick else 100_000
     binary = RedisServer.binary_path()
@@ -186,6 +266,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         finally:
             server.stop()
         postgres = await run_postgres(root, n)
+        nats_rows = await run_nats(root, n)
     return [
         row("raw pipelined XADD of the same entries", raw, "events/s"),
         row(f"mirror to Redis Streams from a {n:,}-event backlog", mirror, "events/s",
@@ -193,6 +274,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         row(f"drain a {n:,}-event backlog after a Redis outage", drain, "s"),
         row("  (same) as a rate", n / drain, "events/s", "raw pipelined XADD", raw),
         *postgres,
+        *nats_rows,
     ]  # fmt: skip
 
 

@@ -12,8 +12,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     ├── SerializationError        an event that cannot be encoded or decoded
     ├── NotFoundError             unknown subscriber, DLQ entry, chain or offset
     ├── RejectEvent               raised by a handler: do not retry, dead-letter now
-    ├── SyncError                 a sync target (Redis, MongoDB) failed; ``retriable`` says if it may pass
-    ├── ArchiveError              the archive (S3) failed; ``retriable`` says if it may pass
+    ├── SyncError                 a sync target (Redis, MongoDB, NATS) failed; ``retriable`` says if it may pass
+    ├── ArchiveError              the archive (S3 or a directory) failed; ``retriable`` says if it may pass
     └── MissingExtraError         an optional part whose extra is not installed (also an ImportError)
 
 ``retriable`` is a class attribute that retry loops read instead of matching on types.
@@ -156,7 +156,7 @@ class RejectEvent(LocalBrokerError):
 
 
 class SyncError(LocalBrokerError):
-    """A sync target (Redis Streams, MongoDB) failed."""
+    """A sync target (Redis Streams, MongoDB, NATS JetStream) failed."""
 
     retriable = True
 

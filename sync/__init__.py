@@ -1,26 +1,28 @@
-"""Mirror the local log to Redis Streams, MongoDB and PostgreSQL, and consume other services'
-streams.
+"""Mirror the local log to Redis Streams, MongoDB, PostgreSQL and NATS JetStream, and consume
+other services' streams.
 
 Example::
 
     from localbroker import Broker
-    from localbroker.sync import MongoStore, PostgresStore, RedisStreams
+    from localbroker.sync import MongoStore, NatsJetStream, PostgresStore, RedisStreams
 
     broker = Broker("./data", sync=[
         RedisStreams("redis://localhost:6379/0", service="shop", inbound_topics=["payment.done"]),
         MongoStore("mongodb://localhost:27017/events"),
         PostgresStore("postgresql://app@localhost:5432/shop"),
+        NatsJetStream("nats://localhost:4222", inbound_topics=["refund.*"]),
     ])
 
 or from the environment (``LOCALBROKER_REDIS_URL``, ``LOCALBROKER_MONGO_URL``,
-``LOCALBROKER_POSTGRES_DSN``, ...)::
+``LOCALBROKER_POSTGRES_DSN``, ``LOCALBROKER_NATS_URL``, ...)::
 
     broker = Broker("./data", sync=from_env())
 
 ``RedisStreams`` needs the ``redis`` extra (``pip install 'localbroker[redis]'``), ``MongoStore``
-the ``mongo`` extra, ``PostgresStore`` the ``postgres`` extra; each is imported only when used,
-and raises :class:`~localbroker.MissingExtraError` naming its extra when that is not installed.
-:class:`MemoryTarget` (with its :class:`MemoryServer`) needs nothing: it is for tests.
+the ``mongo`` extra, ``PostgresStore`` the ``postgres`` extra, ``NatsJetStream`` the ``nats``
+extra; each is imported only when used, and raises :class:`~localbroker.MissingExtraError`
+naming its extra when that is not installed. :class:`MemoryTarget` (with its
+:class:`MemoryServer`) needs nothing: it is for tests.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from localbroker.extras import require_extra
 from .config import (
     MemoryTargetConfig,
     MongoStoreConfig,
+    NatsJetStreamConfig,
     PostgresStoreConfig,
     RedisStreamsConfig,
     TargetConfig,
@@ -44,6 +47,7 @@ from .target import SyncTarget
 
 if TYPE_CHECKING:
     from .mongo_store import MongoStore
+    from .nats_jetstream import NatsJetStream
     from .postgres_store import PostgresStore
     from .redis_streams import RedisStreams
 
@@ -53,6 +57,8 @@ __all__ = [
     "MemoryTargetConfig",
     "MongoStore",
     "MongoStoreConfig",
+    "NatsJetStream",
+    "NatsJetStreamConfig",
     "PostgresStore",
     "PostgresStoreConfig",
     "RedisStreams",
@@ -68,6 +74,16 @@ _LAZY = {
     "RedisStreams": ("localbroker.sync.redis_streams", "redis", "redis"),
     "MongoStore": ("localbroker.sync.mongo_store", "pymongo", "mongo"),
     "PostgresStore": ("localbroker.sync.postgres_store", "psycopg", "postgres"),
+    "NatsJetStream": ("localbroker.sync.nats_jetstream", "nats", "nats"),
+}
+
+
+#: The variable that switches each target on in :func:`from_env`, in the order of the list.
+_FROM_ENV = {
+    "LOCALBROKER_REDIS_URL": "RedisStreams",
+    "LOCALBROKER_MONGO_URL": "MongoStore",
+    "LOCALBROKER_POSTGRES_DSN": "PostgresStore",
+    "LOCALBROKER_NATS_URL": "NatsJetStream",
 }
 
 
@@ -82,14 +98,7 @@ def __getattr__(name: str) -> Any:
 def from_env() -> list[SyncTarget[Any]]:
     """The targets configured in the environment: Redis if ``LOCALBROKER_REDIS_URL`` is set,
     MongoDB if ``LOCALBROKER_MONGO_URL`` is set, PostgreSQL if ``LOCALBROKER_POSTGRES_DSN`` is
-    set (their other options are read from ``LOCALBROKER_REDIS_*`` / ``LOCALBROKER_MONGO_*`` /
-    ``LOCALBROKER_POSTGRES_*``)."""
-    targets: list[SyncTarget[Any]] = []
-    for variable, name in (
-        ("LOCALBROKER_REDIS_URL", "RedisStreams"),
-        ("LOCALBROKER_MONGO_URL", "MongoStore"),
-        ("LOCALBROKER_POSTGRES_DSN", "PostgresStore"),
-    ):
-        if os.environ.get(variable):
-            targets.append(__getattr__(name)())
-    return targets
+    set, NATS JetStream if ``LOCALBROKER_NATS_URL`` is set (their other options are read from
+    ``LOCALBROKER_REDIS_*`` / ``LOCALBROKER_MONGO_*`` / ``LOCALBROKER_POSTGRES_*`` /
+    ``LOCALBROKER_NATS_*``)."""
+    return [__getattr__(name)() for variable, name in _FROM_ENV.items() if os.environ.get(variable)]

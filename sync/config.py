@@ -2,25 +2,28 @@
 
 Every option has a documented default and can be set by keyword or through the environment:
 ``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig`, ``LOCALBROKER_MONGO_<OPTION>``
-for :class:`MongoStoreConfig`, ``LOCALBROKER_POSTGRES_<OPTION>`` for
-:class:`PostgresStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``,
-``LOCALBROKER_POSTGRES_DSN=postgresql://app@db/shop``).
+``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig`, ``LOCALBROKER_MONGO_<OPTION>``
+for :class:`MongoStoreConfig`, ``LOCALBROKER_POSTGRES_<OPTION>`` for :class:`PostgresStoreConfig`
+and ``LOCALBROKER_NATS_<OPTION>`` for :class:`NatsJetStreamConfig` (for example
+``LOCALBROKER_REDIS_URL=redis://host:6379/0``, ``LOCALBROKER_POSTGRES_DSN=postgresql://app@db/shop``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localbroker.config import RetryPolicy, StartFrom
+from localbroker.topics import TopicPattern
 
 from .errors import SyncConfigurationError
 
 __all__ = [
     "MemoryTargetConfig",
     "MongoStoreConfig",
+    "NatsJetStreamConfig",
     "PostgresStoreConfig",
     "RedisStreamsConfig",
     "StoreConfig",
@@ -37,10 +40,11 @@ class TargetConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     url: str
-    """Server URL (``redis://...``, ``mongodb://...``; PostgreSQL's is ``dsn``)."""
+    """Server URL (``redis://...``, ``mongodb://...``, ``nats://...``; PostgreSQL's is ``dsn``)."""
     name: str | None = None
     """Name of this target in status output and state keys (default: its kind, ``redis``,
-    ``mongo``, ``postgres``, ``memory``); give one when a broker has two targets of a kind."""
+    ``mongo``, ``postgres``, ``nats``, ``memory``); give one when a broker has two targets of a
+    kind."""
     service: str | None = None
     """Name of this application (service): the Redis consumer group, and a field of every
     mirrored entry and document. Default: ``LOCALBROKER_SERVICE``, else the ``service`` given
@@ -169,6 +173,67 @@ class MemoryTargetConfig(TargetConfig):
 
     url: str = "memory://"
     """Not used: the server is the :class:`~localbroker.sync.MemoryServer` given."""
+
+
+class NatsJetStreamConfig(TargetConfig):
+    """Options of :class:`~localbroker.sync.NatsJetStream`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALBROKER_NATS_", extra="forbid", frozen=True)
+
+    stream: Annotated[str, Field(pattern=r"^[^.*>\s]+$")] = "EVENTS"
+    """The JetStream stream that holds the events (a name without ``.``, ``*``, ``>`` or
+    spaces)."""
+    subject_prefix: Annotated[str, Field(pattern=r"^([^.*>\s]+\.)+$")] = "events."
+    """Subject of topic ``T`` is ``<subject_prefix>T`` (``events.order.placed``); the prefix
+    ends with a dot."""
+    create_stream: bool = True
+    """Create the stream when it does not exist (subjects ``<subject_prefix>>``, file storage,
+    ``duplicate_window``). Off: a missing stream is a configuration error."""
+    duplicate_window: Annotated[float, Field(gt=0)] = 120.0
+    """Seconds the server remembers message ids (``Nats-Msg-Id``) to drop resends, for a
+    stream this target creates (an existing stream keeps its own). Resends after it are
+    still dropped: see the README's NATS section."""
+    publish_timeout: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a batch's acknowledgements may take before the batch counts as failed (and is
+    sent again: the server's duplicate detection drops what it already stored)."""
+    outbound: bool = True
+    """Mirror local events to the stream."""
+    inbound_topics: tuple[str, ...] = ()
+    """Topics (or patterns, ``payment.*``, ``payment.>``) consumed into the local log, each
+    through a durable pull consumer. Empty: no inbound."""
+    durable: str | None = None
+    """Prefix of the durable consumers' names; default: the service. Consumer of topic ``T``
+    is ``<durable>_<T>`` with every character other than letters, digits, ``-`` and ``_``
+    replaced by ``_`` (``shop_payment_done``). Instances of one service share them."""
+    inbound_start: StartFrom = StartFrom.LATEST
+    """Where a consumer created by this service starts: ``latest`` (new messages) or
+    ``earliest`` (everything the stream holds)."""
+    inbound_batch: Annotated[int, Field(ge=1)] = 500
+    """Messages fetched (and appended with one fsync) at a time."""
+    fetch_wait: Annotated[float, Field(gt=0)] = 1.0
+    """Seconds one fetch waits for messages."""
+    ack_wait: Annotated[float, Field(gt=0)] | None = None
+    """The consumers' AckWait: seconds after which a message fetched but not acknowledged (its
+    instance died before appending it) is delivered again, to any instance. Default: the
+    broker's ``ack_timeout``."""
+    max_deliver: Annotated[int, Field(ge=1)] | None = None
+    """The consumers' MaxDeliver: deliveries of one message (each ended by AckWait without an
+    acknowledgement: its instance died, or the append failed) before the server stops
+    delivering it. Default: the broker's ``max_tries``, as for a local subscriber. When the
+    server gives up on a message, an ERROR names its stream sequence (the message stays in the
+    stream) and the status counts it as ``given_up``. A message that cannot be used is
+    terminated at once instead (never redelivered)."""
+    dedupe_window: Annotated[int, Field(ge=0)] = 100_000
+    """Ids of inbound events remembered, to drop messages whose id was already appended (a
+    redelivery, or a reused id: logged when the content differs). At start, the inbound events
+    among this many last records of the log are remembered."""
+
+    @field_validator("inbound_topics")
+    @classmethod
+    def _patterns(cls, topics: tuple[str, ...]) -> tuple[str, ...]:
+        for topic in topics:
+            TopicPattern(topic)  # raises ConfigurationError naming the bad topic
+        return topics
 
 
 def build_config(cls: type[C], **options: Any) -> C:

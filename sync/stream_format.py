@@ -31,7 +31,14 @@ import orjson
 
 from localbroker.errors import SerializationError
 
-__all__ = ["ENTRY_FIELDS", "ORIGIN_HEADER", "entry_fields", "entry_to_envelope", "is_from_redis"]
+__all__ = [
+    "ENTRY_FIELDS",
+    "ORIGIN_HEADER",
+    "entry_fields",
+    "entry_to_envelope",
+    "is_from_redis",
+    "json_object",
+]
 
 #: Header set on events appended from a stream: ``redis:<stream>/<entry id>``. The outbound
 #: mirror does not send such events back (no loops).
@@ -85,7 +92,8 @@ def entry_fields(
     return fields
 
 
-def _json_object(value: str, what: str) -> dict[str, Any]:
+def json_object(value: str | bytes, what: str) -> dict[str, Any]:
+    """``value`` parsed as a JSON object; SerializationError naming ``what`` otherwise."""
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -109,8 +117,8 @@ def entry_to_envelope(
             f"{', '.join(sorted(fields)) or 'no field'}); 'data' must hold the payload as a "
             "JSON object"
         )
-    data = _json_object(fields["data"], "data")
-    headers = _json_object(fields["headers"], "headers") if "headers" in fields else {}
+    data = json_object(fields["data"], "data")
+    headers = json_object(fields["headers"], "headers") if "headers" in fields else {}
     headers = {str(k): str(v) for k, v in headers.items()}
     headers[ORIGIN_HEADER] = f"{_ORIGIN_PREFIX}{stream}/{entry_id}"
     if "time" in fields:

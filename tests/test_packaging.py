@@ -39,7 +39,7 @@ def extras_of(module: str) -> tuple[str, ...]:
     """The extras a module needs at import time (besides the base install)."""
     if module.startswith("localbroker.dashboard"):
         return ("dashboard",)
-    if module.startswith("localbroker.archive"):
+    if module == "localbroker.archive.s3":
         return ("s3",)
     if module.startswith("localbroker.sync.redis"):
         return ("redis",)
@@ -47,6 +47,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("mongo",)
     if module.startswith("localbroker.sync.postgres"):
         return ("postgres",)
+    if module.startswith("localbroker.sync.nats"):
+        return ("nats",)
     return ()
 
 
@@ -93,7 +95,7 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("postgres",), ("s3",), ("dashboard",)],
+    [(), ("redis",), ("mongo",), ("postgres",), ("nats",), ("s3",), ("dashboard",)],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:
@@ -139,10 +141,11 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("statement", "extra"),
     [
-        ("import localbroker.archive", "s3"),
+        ("from localbroker.archive import S3Store", "s3"),
         ("from localbroker.sync import RedisStreams", "redis"),
         ("from localbroker.sync import MongoStore", "mongo"),
         ("from localbroker.sync import PostgresStore", "postgres"),
+        ("from localbroker.sync import NatsJetStream", "nats"),
         ("import localbroker.dashboard", "dashboard"),
     ],
 )
@@ -186,7 +189,7 @@ def test_parquet_export_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [(["archive", "status"], "s3"), (["dashboard"], "dashboard")],
+    [(["archive", "run", "--bucket", "events"], "s3"), (["dashboard"], "dashboard")],
     ids=["archive", "dashboard"],
 )
 def test_cli_reports_a_missing_extra_in_one_line(

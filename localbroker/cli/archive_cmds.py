@@ -1,7 +1,7 @@
 """``localbroker archive status|run`` and ``localbroker export``: thin layers over localbroker.archive.
 
-``localbroker.archive`` (boto3) is imported inside the commands, so ``localbroker --help`` works
-without the ``s3`` extra and a missing extra is reported by name.
+``localbroker.archive`` is imported inside the commands, and boto3 only for an archive in S3, so
+``localbroker --help`` works without the ``s3`` extra and a missing extra is reported by name.
 """
 
 from __future__ import annotations
@@ -26,18 +26,24 @@ err_console = Console(stderr=True)
 
 
 def _archive_module() -> Any:
-    # Imported here so that the rest of the CLI works without the extra; without boto3 this
+    # Imported here so that the rest of the CLI stays light; an archive in S3 without boto3
     # raises MissingExtraError, which `run` prints as a one-line message.
     import localbroker.archive as module
 
     return module
 
 
-def s3_options(fn: F) -> F:
-    """``--bucket``, ``--prefix``, ``--endpoint-url`` (else LOCALBROKER_ARCHIVE_* variables)."""
+def location_options(fn: F) -> F:
+    """``--bucket`` or ``--directory``, ``--prefix``, ``--endpoint-url`` (else
+    LOCALBROKER_ARCHIVE_* variables)."""
     for option in reversed(
         [
             click.option("--bucket", help="S3 bucket (env LOCALBROKER_ARCHIVE_BUCKET)."),
+            click.option(
+                "--directory",
+                type=click.Path(file_okay=False, path_type=Path),
+                help="A local directory instead of a bucket (env LOCALBROKER_ARCHIVE_DIRECTORY).",
+            ),
             click.option(
                 "--prefix", help="Key prefix (env LOCALBROKER_ARCHIVE_PREFIX, default localbroker)."
             ),
@@ -53,7 +59,7 @@ def s3_options(fn: F) -> F:
 
 @click.group()
 def archive() -> None:
-    """Archive status, and uploading sealed segments to S3 now.
+    """Archive status, and uploading sealed segments to S3 (or a directory) now.
 
     Example: localbroker archive status --data ./data
     """
@@ -94,10 +100,14 @@ async def status(data: Path) -> None:
 
 @archive.command("run")
 @data_option
-@s3_options
+@location_options
 @run
 async def run_archive(
-    data: Path, bucket: str | None, prefix: str | None, endpoint_url: str | None
+    data: Path,
+    bucket: str | None,
+    directory: Path | None,
+    prefix: str | None,
+    endpoint_url: str | None,
 ) -> None:
     """Upload every sealed segment not archived yet, then apply retention.
 
@@ -106,7 +116,9 @@ async def run_archive(
     Example: localbroker archive run --data ./data --bucket events --prefix shop
     """
     module = _archive_module()
-    config = module.load_archive_config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url)
+    config = module.load_archive_config(
+        bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url
+    )
     with console.status("uploading..."):
         uploaded, deleted = await module.archive_now(data, config)
     size = sum(m.size_bytes for m in uploaded)
@@ -142,7 +154,7 @@ def _when(value: datetime | None) -> datetime | None:
     help="Output file, which appears only once complete (default: stdout for jsonl; required "
     "for parquet).",
 )
-@s3_options
+@location_options
 @run
 async def export(
     topics: tuple[str, ...],
@@ -151,10 +163,11 @@ async def export(
     fmt: str,
     output: Path | None,
     bucket: str | None,
+    directory: Path | None,
     prefix: str | None,
     endpoint_url: str | None,
 ) -> None:
-    """Write archived events (from S3 alone) as JSON lines or Parquet, with a progress bar.
+    """Write archived events (from the archive alone) as JSON lines or Parquet, with a progress bar.
 
     Example: localbroker export --topic 'order.>' --since 2026-11-01 --format parquet -o orders.parquet --bucket events
     """
@@ -164,7 +177,9 @@ async def export(
     to_stdout = output is None or str(output) == "-"
     if fmt == "parquet" and to_stdout:
         raise click.UsageError("--format parquet needs --output FILE")
-    config = module.load_archive_config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url)
+    config = module.load_archive_config(
+        bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url
+    )
     reader = module.ArchiveReader(config)
     selected = topics or None
     since, until = _when(since), _when(until)

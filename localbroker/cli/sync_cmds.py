@@ -1,5 +1,5 @@
 """``localbroker sync ...``: the status of the sync targets (Redis Streams, MongoDB, PostgreSQL,
-memory, ...).
+NATS JetStream, memory, ...).
 
 Reads what the targets persist in ``state.db``, so it works beside a running broker and needs
 none of the targets' extras.
@@ -28,7 +28,7 @@ STALE_SECONDS = 5.0
 
 @click.group("sync")
 def sync_group() -> None:
-    """Status of the sync targets (Redis Streams, MongoDB, PostgreSQL, ...).
+    """Status of the sync targets (Redis Streams, MongoDB, PostgreSQL, NATS JetStream, ...).
 
     Example: localbroker sync status --data ./data
     """

@@ -1,4 +1,11 @@
-"""Fixtures of the archive tests: moto's S3 in server mode, a fresh bucket per test."""
+"""Fixtures of the archive tests: the archive in a local directory and in moto's S3 (server
+mode, a fresh bucket per test).
+
+``archive_config`` runs a test against both stores (the S3 one marked ``s3``); tests of what
+only S3 does (multipart, checksums kept by S3, credentials, the server going away) take
+``s3_config``. ``objects`` reads and tampers with what the archive holds through the store
+itself, so one test body serves both.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from localbroker.archive import ArchiveConfig
+from localbroker.archive import ArchiveConfig, ObjectStore, open_store
 from tests.servers.s3 import DUMMY_CREDENTIALS, S3Server
 
 _buckets = itertools.count()
@@ -52,16 +59,39 @@ def bucket(s3: Any) -> str:
     return name
 
 
+#: A long interval: tests call run_once.
+_COMMON = {"prefix": "shop", "upload_interval": 3600}
+
+
 @pytest.fixture
-def archive_config(s3_server: S3Server, bucket: str, tmp_path: Path) -> ArchiveConfig:
-    """Fast failure (one try, short timeouts), a long interval: tests call run_once."""
+def s3_config(s3_server: S3Server, bucket: str, tmp_path: Path) -> ArchiveConfig:
+    """The archive in moto's S3; fast failure (one try, short timeouts)."""
     return ArchiveConfig(
         bucket=bucket,
-        prefix="shop",
         endpoint_url=s3_server.url,
-        upload_interval=3600,
         connect_timeout=1,
         read_timeout=10,
         max_attempts=1,
         cache_dir=tmp_path / "cache",
+        **_COMMON,
     )
+
+
+@pytest.fixture
+def local_config(tmp_path: Path) -> ArchiveConfig:
+    """The archive in a local directory."""
+    (tmp_path / "archive").mkdir()
+    return ArchiveConfig(directory=tmp_path / "archive", cache_dir=tmp_path / "cache", **_COMMON)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def archive_config(request: pytest.FixtureRequest) -> ArchiveConfig:
+    """The archive in each store."""
+    config: ArchiveConfig = request.getfixturevalue(f"{request.param}_config")
+    return config
+
+
+@pytest.fixture
+def objects(archive_config: ArchiveConfig) -> ObjectStore:
+    """The store of ``archive_config``, to look at (and tamper with) what the archive holds."""
+    return open_store(archive_config)

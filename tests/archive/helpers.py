@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from localbroker import Broker
-from localbroker.archive import Archive, ArchiveConfig
+from localbroker.archive import Archive, ArchiveConfig, ObjectStore
 
 
 def make_broker(data: Path, config: ArchiveConfig, **options: Any) -> tuple[Broker, Archive]:
@@ -24,9 +24,8 @@ async def publish_numbered(broker: Broker, count: int, start: int = 0) -> None:
         await broker.publish(topic, {"n": n, "pad": "x" * 40})
 
 
-def object_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    response = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for o in response.get("Contents", []))
+def object_keys(store: ObjectStore, prefix: str) -> list[str]:
+    return store.list_keys(prefix)
 
 
 def sha256_of(data: bytes) -> str:

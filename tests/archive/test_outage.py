@@ -16,9 +16,9 @@ pytestmark = pytest.mark.s3
 
 
 async def test_s3_stopped_mid_upload_then_restarted(
-    tmp_path: Path, archive_config: ArchiveConfig, s3_server: S3Server, s3: Any
+    tmp_path: Path, s3_config: ArchiveConfig, s3_server: S3Server, s3: Any
 ) -> None:
-    config = archive_config.model_copy(
+    config = s3_config.model_copy(
         update={
             "multipart_threshold": 5 * 2**20,
             "part_size": 5 * 2**20,
@@ -35,7 +35,8 @@ async def test_s3_stopped_mid_upload_then_restarted(
             s3_server.stop()
 
     async with broker:
-        archive.tiering.s3.client.meta.events.register(
+        store = archive.tiering.objects.store
+        store.client.meta.events.register(
             "before-parameter-build.s3.UploadPart", stop_on_second_part
         )
         for n in range(12):
@@ -50,10 +51,10 @@ async def test_s3_stopped_mid_upload_then_restarted(
         s3_server.start()
         # Before the archive tries again: the interrupted upload is not visible as an object,
         # and there is no manifest, so no reader can see a partial segment.
-        assert object_keys(s3, config.bucket, "shop/") == []
+        assert object_keys(store, "shop/") == []
         assert ArchiveReader(config).manifests() == []
 
-        archive.tiering.s3.client.meta.events.unregister(
+        store.client.meta.events.unregister(
             "before-parameter-build.s3.UploadPart", stop_on_second_part
         )
         uploaded, deleted = await archive.run_once()
@@ -61,7 +62,7 @@ async def test_s3_stopped_mid_upload_then_restarted(
         assert [d.base_offset for d in deleted] == [0]
 
     # Nothing lost: the archive holds every record of the segment, checksum verified.
-    assert object_keys(s3, config.bucket, "shop/manifests/") == [manifest_key("shop", 0)]
+    assert object_keys(store, "shop/manifests/") == [manifest_key("shop", 0)]
     assert s3.list_multipart_uploads(Bucket=config.bucket).get("Uploads", []) == []
     events = list(ArchiveReader(config).events())
     assert [e.payload["n"] for e in events] == list(range(11))

@@ -11,11 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from localbroker.archive import ArchiveConfig, ArchiveReader, read
+from localbroker.archive import ArchiveConfig, ArchiveReader, ObjectStore, read
 from localbroker.cli.main import cli
 from tests.archive.helpers import make_broker, publish_numbered
-
-pytestmark = pytest.mark.s3
 
 
 async def archived_history(data: Path, config: ArchiveConfig) -> list[dict[str, Any]]:
@@ -34,26 +32,36 @@ async def invoke(args: list[str]) -> Any:
     return await asyncio.to_thread(CliRunner().invoke, cli, args)
 
 
-async def export(config: ArchiveConfig, *args: str) -> Any:
-    location = [
+def location_args(config: ArchiveConfig) -> list[str]:
+    """The CLI options naming the archive of ``config``."""
+    if config.directory is not None:
+        return ["--directory", str(config.directory), "--prefix", config.prefix]
+    assert config.bucket is not None
+    return [
         "--bucket",
         config.bucket,
         "--prefix",
-        "shop",
+        config.prefix,
         "--endpoint-url",
         str(config.endpoint_url),
     ]
-    return await invoke(["export", *args, *location])
+
+
+async def export(config: ArchiveConfig, *args: str) -> Any:
+    return await invoke(["export", *args, *location_args(config)])
 
 
 def count_segment_gets(reader: ArchiveReader) -> list[str]:
+    """Keys of the segments the reader fetches from its store from now on."""
     gets: list[str] = []
+    store = reader.objects.store
+    original = store.get_file
 
-    def seen(params: dict[str, Any], **kwargs: Any) -> None:
-        if "/segments/" in params["Key"]:
-            gets.append(params["Key"])
+    def counting(key: str, dest: Path | None, sha256: str) -> None:
+        gets.append(key)
+        original(key, dest, sha256)
 
-    reader.s3.client.meta.events.register("before-parameter-build.s3.GetObject", seen)
+    store.get_file = counting  # type: ignore[method-assign]
     return gets
 
 
@@ -86,6 +94,7 @@ async def test_reader_filters_by_topic_and_time_and_reads_only_overlapping_segme
 
     by_function = read(
         bucket=archive_config.bucket,
+        directory=archive_config.directory,
         prefix="shop",
         endpoint_url=archive_config.endpoint_url,
         topics=["user.seen"],
@@ -125,14 +134,14 @@ async def test_export_parquet(tmp_path: Path, archive_config: ArchiveConfig) -> 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 async def test_failed_export_leaves_no_partial_file(
-    tmp_path: Path, archive_config: ArchiveConfig, s3: Any, fmt: str
+    tmp_path: Path, archive_config: ArchiveConfig, objects: ObjectStore, fmt: str
 ) -> None:
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     await archived_history(tmp_path / "data", archive_config)
     # The last segment is corrupt in S3: the export fails after writing the others' events.
     last = ArchiveReader(archive_config).manifests()[-1]
-    s3.put_object(Bucket=archive_config.bucket, Key=last.key, Body=b"not the segment")
+    objects.put_bytes(last.key, b"not the segment")
     out = tmp_path / "out"
     out.mkdir()
     result = await export(archive_config, "--format", fmt, "-o", str(out / f"new.{fmt}"))
@@ -159,9 +168,11 @@ async def test_archive_status_and_run_commands(
     status = await invoke(["archive", "status", "--data", str(data)])
     assert status.exit_code == 0, status.output
     assert "pending upload" in status.output
-    monkeypatch.setenv("LOCALBROKER_ARCHIVE_BUCKET", archive_config.bucket)
+    for name in ("bucket", "directory", "endpoint_url"):
+        value = getattr(archive_config, name)
+        if value is not None:
+            monkeypatch.setenv(f"LOCALBROKER_ARCHIVE_{name.upper()}", str(value))
     monkeypatch.setenv("LOCALBROKER_ARCHIVE_PREFIX", "cli")
-    monkeypatch.setenv("LOCALBROKER_ARCHIVE_ENDPOINT_URL", str(archive_config.endpoint_url))
     ran = await invoke(["archive", "run", "--data", str(data)])
     assert ran.exit_code == 0, ran.output
     sealed = len(ArchiveReader(archive_config.model_copy(update={"prefix": "cli"})).manifests())

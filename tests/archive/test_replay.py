@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from localbroker import Broker, GenericEvent
-from localbroker.archive import ArchiveChecksumError, ArchiveConfig, RetentionPolicy, segment_key
+from localbroker.archive import (
+    ArchiveChecksumError,
+    ArchiveConfig,
+    ObjectStore,
+    RetentionPolicy,
+    segment_key,
+)
 from localbroker.archive.reader import ArchiveReader
 from tests.archive.helpers import make_broker, publish_numbered
 from tests.waiting import wait_until
-
-pytestmark = pytest.mark.s3
 
 
 async def archive_and_trim(data: Path, config: ArchiveConfig, count: int) -> int:
@@ -82,15 +85,15 @@ async def test_lagging_subscriber_is_served_from_the_archive(
 
 
 async def test_corrupt_archived_segment_is_reported_not_delivered(
-    tmp_path: Path, archive_config: ArchiveConfig, s3: Any
+    tmp_path: Path, archive_config: ArchiveConfig, objects: ObjectStore
 ) -> None:
     config = retained(archive_config)
     await archive_and_trim(tmp_path / "data", config, 100)
     key = segment_key("shop", 0)
-    good = s3.get_object(Bucket=config.bucket, Key=key)["Body"].read()
+    good = objects.get_bytes(key)
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
-    s3.put_object(Bucket=config.bucket, Key=key, Body=bytes(bad))
+    objects.put_bytes(key, bytes(bad))
 
     with pytest.raises(ArchiveChecksumError, match="corrupt"):
         list(ArchiveReader(config).events())
@@ -115,6 +118,6 @@ async def test_corrupt_archived_segment_is_reported_not_delivered(
         )
         assert seen == []  # nothing from the bad segment, and nothing after it out of order
         assert reported()
-        s3.put_object(Bucket=config.bucket, Key=key, Body=good)  # an operator repairs it
+        objects.put_bytes(key, good)  # an operator repairs it
         await broker.wait_idle()
     assert seen == list(range(100))

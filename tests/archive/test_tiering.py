@@ -15,6 +15,7 @@ from localbroker.archive import (
     Archive,
     ArchiveAccessError,
     ArchiveConfig,
+    ObjectStore,
     RetentionPolicy,
     manifest_key,
     segment_key,
@@ -25,11 +26,9 @@ from tests.archive.helpers import make_broker, object_keys, publish_numbered, sh
 from tests.servers.s3 import S3Server
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.s3
-
 
 async def test_upload_writes_segment_and_manifest_with_checksum(
-    tmp_path: Path, archive_config: ArchiveConfig, s3: Any
+    tmp_path: Path, archive_config: ArchiveConfig, objects: ObjectStore
 ) -> None:
     broker, archive = make_broker(tmp_path / "data", archive_config)
     async with broker:
@@ -40,7 +39,7 @@ async def test_upload_writes_segment_and_manifest_with_checksum(
     assert len(sealed) >= 3
     assert [m.base_offset for m in uploaded] == [s.base_offset for s in sealed]
     assert deleted == []  # no retention configured
-    keys = object_keys(s3, archive_config.bucket, "shop/")
+    keys = object_keys(objects, "shop/")
     # The active segment is not archived.
     assert keys == sorted(
         [segment_key("shop", s.base_offset) for s in sealed]
@@ -48,13 +47,8 @@ async def test_upload_writes_segment_and_manifest_with_checksum(
     )
     for seg in sealed:
         local = seg.path.read_bytes()
-        obj = s3.get_object(Bucket=archive_config.bucket, Key=segment_key("shop", seg.base_offset))
-        assert obj["Body"].read() == local
-        assert obj["Metadata"]["sha256"] == sha256_of(local)
-        body = s3.get_object(
-            Bucket=archive_config.bucket, Key=manifest_key("shop", seg.base_offset)
-        )["Body"].read()
-        manifest = json.loads(body)
+        assert objects.get_bytes(segment_key("shop", seg.base_offset)) == local
+        manifest = json.loads(objects.get_bytes(manifest_key("shop", seg.base_offset)))
         records = list(scan_segment(seg.path))
         assert manifest["base_offset"] == seg.base_offset
         assert manifest["next_offset"] == seg.next_offset
@@ -102,12 +96,11 @@ async def test_manifest_time_range_is_the_segments_own(
         assert before.last_timestamp <= after.first_timestamp
 
 
+@pytest.mark.s3
 async def test_large_segment_goes_up_in_verified_parts(
-    tmp_path: Path, archive_config: ArchiveConfig, s3: Any
+    tmp_path: Path, s3_config: ArchiveConfig, s3: Any
 ) -> None:
-    config = archive_config.model_copy(
-        update={"multipart_threshold": 5 * 2**20, "part_size": 5 * 2**20}
-    )
+    config = s3_config.model_copy(update={"multipart_threshold": 5 * 2**20, "part_size": 5 * 2**20})
     broker, archive = make_broker(tmp_path / "data", config, segment_bytes=12 * 2**20)
     async with broker:
         for n in range(12):  # 1 MiB each: the 12th no longer fits and rolls the segment
@@ -116,15 +109,17 @@ async def test_large_segment_goes_up_in_verified_parts(
         local = broker.log.segments()[0].path.read_bytes()
     head = s3.head_object(Bucket=config.bucket, Key=manifest.key)
     assert head["ETag"].strip('"').endswith("-3")  # 5 + 5 + ~1 MiB
+    assert head["Metadata"]["sha256"] == sha256_of(local)
     assert manifest.size_bytes == len(local) > 10 * 2**20
     assert manifest.sha256 == sha256_of(local)
     assert s3.list_multipart_uploads(Bucket=config.bucket).get("Uploads", []) == []
 
 
+@pytest.mark.s3
 async def test_retention_deletes_only_archived_segments(
-    tmp_path: Path, archive_config: ArchiveConfig, s3_server: S3Server
+    tmp_path: Path, s3_config: ArchiveConfig, s3_server: S3Server
 ) -> None:
-    config = archive_config.model_copy(update={"retention": RetentionPolicy(max_bytes=0)})
+    config = s3_config.model_copy(update={"retention": RetentionPolicy(max_bytes=0)})
     broker, archive = make_broker(tmp_path / "data", config)
     async with broker:
         await publish_numbered(broker, 100)
@@ -166,10 +161,9 @@ async def test_retention_by_age(tmp_path: Path, archive_config: ArchiveConfig) -
         assert broker.log.start_offset == sealed[-1].next_offset
 
 
-async def test_missing_bucket_is_one_clear_error(
-    tmp_path: Path, archive_config: ArchiveConfig
-) -> None:
-    config = archive_config.model_copy(update={"bucket": "no-such-bucket"})
+@pytest.mark.s3
+async def test_missing_bucket_is_one_clear_error(tmp_path: Path, s3_config: ArchiveConfig) -> None:
+    config = s3_config.model_copy(update={"bucket": "no-such-bucket"})
     broker, _archive = make_broker(tmp_path / "data", config)
     with pytest.raises(ArchiveAccessError, match=r"no-such-bucket.*does not exist"):
         await broker.start()
@@ -178,10 +172,11 @@ async def test_missing_bucket_is_one_clear_error(
         assert again.log.next_offset == 0
 
 
+@pytest.mark.s3
 async def test_wrong_credentials_are_one_clear_error(
-    tmp_path: Path, archive_config: ArchiveConfig, s3_server: S3Server
+    tmp_path: Path, s3_config: ArchiveConfig, s3_server: S3Server
 ) -> None:
-    broker, _archive = make_broker(tmp_path / "data", archive_config)
+    broker, _archive = make_broker(tmp_path / "data", s3_config)
     s3_server.require_auth(True)
     try:
         with pytest.raises(ArchiveAccessError, match="403: check the credentials"):
@@ -190,10 +185,11 @@ async def test_wrong_credentials_are_one_clear_error(
         s3_server.require_auth(False)
 
 
+@pytest.mark.s3
 async def test_unreachable_at_start_keeps_segments_and_resumes(
-    tmp_path: Path, archive_config: ArchiveConfig, s3_server: S3Server
+    tmp_path: Path, s3_config: ArchiveConfig, s3_server: S3Server
 ) -> None:
-    config = archive_config.model_copy(update={"retention": RetentionPolicy(max_bytes=0)})
+    config = s3_config.model_copy(update={"retention": RetentionPolicy(max_bytes=0)})
     broker, archive = make_broker(tmp_path / "data", config)
     s3_server.stop()
     async with broker:  # starts anyway: publishing never depends on S3
@@ -222,7 +218,7 @@ async def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         Archive()
     monkeypatch.delenv("LOCALBROKER_ARCHIVE_BUCKET")
     monkeypatch.delenv("LOCALBROKER_ARCHIVE_PART_SIZE")
-    with pytest.raises(ConfigurationError, match="LOCALBROKER_ARCHIVE_BUCKET"):
+    with pytest.raises(ConfigurationError, match=r"LOCALBROKER_ARCHIVE_BUCKET.*DIRECTORY"):
         Archive()
 
 

@@ -1,8 +1,9 @@
-"""Private Redis, MongoDB and PostgreSQL servers for the sync tests (one each per session,
+"""Private Redis, MongoDB, PostgreSQL and NATS servers for the sync tests (one each per session,
 restartable: a test may stop, SIGKILL and start its server; the next test gets it running)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import redis
 from localbroker.config import RetryPolicy
 from tests.conftest import require_binary
 from tests.servers.mongo import MongoServer
+from tests.servers.nats import NatsServer
 from tests.servers.postgres import PostgresServer
 from tests.servers.process import ServerProcess
 from tests.servers.redis import RedisServer
@@ -135,3 +137,32 @@ def pg_schema(postgres_server: PostgresServer, request: pytest.FixtureRequest) -
     with psycopg.connect(postgres_server.url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     return name
+
+
+# -- NATS JetStream ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nats_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    binary = require_binary(NatsServer.binary_path(), "nats-server (apt install nats-server)")
+    yield from _serve(NatsServer(binary, tmp_path_factory.mktemp("nats")))
+
+
+@pytest.fixture
+def nats_server(nats_session: NatsServer) -> NatsServer:
+    """The private ``nats-server -js``, running, with no stream (and so no consumer)."""
+    _running(nats_session)
+    asyncio.run(_delete_streams(nats_session.url))
+    return nats_session
+
+
+async def _delete_streams(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()

@@ -153,15 +153,15 @@ async def test_redelivery_after_crash_before_xack_is_not_appended_twice(
     async with Broker(data_dir, sync=[target]):
         for i in range(20):
             rclient.xadd(STREAM, {"id": f"p{i}", "data": json.dumps({"n": i})})
-        await wait_until(lambda: target.inbound.received == 20)
+        await wait_until(lambda: target.inbound.ledger.received == 20)
     assert rclient.xpending(STREAM, "shop")["pending"] == 20
 
     target = inbound(redis_server.url)
     async with Broker(data_dir, sync=[target]):
         await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
         rclient.xadd(STREAM, {"id": "p20", "data": "{}"})
-        await wait_until(lambda: target.inbound.received == 1)
-        assert target.inbound.duplicates == 20
+        await wait_until(lambda: target.inbound.ledger.received == 1)
+        assert target.inbound.ledger.duplicates == 20
     assert log_ids(data_dir) == [f"p{i}" for i in range(21)]
 
 
@@ -186,7 +186,7 @@ async def test_reused_id_with_other_data_is_logged_and_dropped(
         async with Broker(data_dir, sync=[target]):
             await wait_until(lambda: RedisBackend(redis_server).readers("payment.done"))
             first = add(1)
-            await wait_until(lambda: target.inbound.received == 1)
+            await wait_until(lambda: target.inbound.ledger.received == 1)
             add(1)  # the same event sent again: a duplicate, silently dropped
             other = add(2)  # another event under the same id
             await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
@@ -200,6 +200,6 @@ async def test_reused_id_with_other_data_is_logged_and_dropped(
         target = inbound(redis_server.url)
         async with Broker(data_dir, sync=[target]):
             again = add(3)
-            await wait_until(lambda: target.inbound.conflicts == 1, what="the reuse noticed")
+            await wait_until(lambda: target.inbound.ledger.conflicts == 1, what="the reuse noticed")
     assert f"entry {again} of {STREAM}" in conflicts()[-1]
     assert log_ids(data_dir) == ["pay-7"]
