@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import nats
@@ -85,6 +86,8 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
             )
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._lost = asyncio.Event()
+        """Set when the current connection is lost (or closed)."""
         self._connect_lock = asyncio.Lock()
         self.acked_seq: int | None = None
         """Highest stream sequence acknowledged for an event before the cursor (None: this
@@ -129,6 +132,11 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                     seen.append(exc)
                     logger.debug("%s: %s", self.name, exc)
 
+                lost = asyncio.Event()
+
+                async def closed() -> None:
+                    lost.set()
+
                 nc = NATS()
                 with nats_errors(self.describe()):
                     try:
@@ -147,6 +155,8 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                                 max_reconnect_attempts=1,
                                 reconnect_time_wait=0,
                                 error_cb=quiet,
+                                disconnected_cb=closed,
+                                closed_cb=closed,
                             )
                     except BaseException as exc:
                         # A refused connection leaves its socket open inside nats-py.
@@ -158,7 +168,7 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                                 f"{self.describe()}: cannot connect ({last})"
                             ) from None
                         raise
-                self._nc = nc
+                self._nc, self._lost = nc, lost
                 self._js = self._nc.jetstream(
                     timeout=cfg.publish_timeout,
                     publish_async_max_pending=cfg.batch_size,
@@ -376,7 +386,7 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                                 self.subject(envelope["topic"]), data, headers=headers
                             )
                         )
-                    acks = await asyncio.gather(*futures)
+                    acks = await self._unless_lost(asyncio.gather(*futures), len(outgoing))
             except TimeoutError:
                 raise TargetUnavailableError(
                     f"{self.describe()}: {len(outgoing)} messages not acknowledged within "
@@ -390,3 +400,22 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                 )
         self.server_duplicates += sum(1 for ack in acks if ack.duplicate)
         self.acked_seq = max(self.acked_seq or 0, max(ack.seq for ack in acks))
+
+    async def _unless_lost(self, acks: Awaitable[list[Any]], count: int) -> list[Any]:
+        """``await acks``, or TargetUnavailableError as soon as the connection is lost: nats-py
+        leaves the acknowledgements of a lost connection waiting (until publish_timeout)."""
+        pending = asyncio.ensure_future(acks)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({pending, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            acknowledged = pending.done()
+            if not acknowledged:
+                pending.cancel()
+        if not acknowledged:
+            raise TargetUnavailableError(
+                f"{self.describe()}: the connection was lost before {count} messages were "
+                "acknowledged"
+            )
+        return pending.result()

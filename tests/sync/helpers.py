@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 from click.testing import CliRunner, Result
 
 from localbroker import Broker
 from localbroker.cli.main import cli
 from localbroker.log import CommitLog
-
-
-def stream_ids(client: redis.Redis, stream: str) -> list[str]:
-    """Event ids of every entry of ``stream``, in stream order."""
-    return [fields[b"id"].decode() for _, fields in client.xrange(stream)]
 
 
 async def publish_n(broker: Broker, topic: str, n: int, start: int = 0) -> list[str]:
@@ -64,35 +53,3 @@ async def cli_sync_status(data_dir: Path) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
     status: dict[str, Any] = orjson.loads(result.output)
     return status
-
-
-def run_and_kill(code: str, args: list[str], after: float) -> int:
-    """Run ``code`` as a child that prints lines ``published sent...`` (events published, then
-    events each target sent), until every target has sent some; SIGKILL it ``after`` s later.
-    Returns the events it published."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert child.stdout is not None
-    deadline = time.monotonic() + 60
-    seen = b""
-    while True:
-        line = child.stdout.readline()
-        if not line:
-            child.kill()
-            _, err = child.communicate(timeout=20)
-            raise AssertionError(f"the child died: {err.decode()}")
-        seen += line
-        if all(int(sent) > 0 for sent in line.split()[1:]):
-            break  # publishing, and every target is mirroring
-        if time.monotonic() > deadline:
-            child.kill()
-            child.communicate(timeout=20)
-            raise AssertionError(f"the targets sent nothing within 60 s: {line.decode()}")
-    time.sleep(after)  # kill at some moment while publishing and mirroring go on
-    os.kill(child.pid, signal.SIGKILL)
-    rest, _ = child.communicate(timeout=20)
-    return int((seen + rest).decode().splitlines()[-1].split()[0])

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from localbroker import Broker, ConfigurationError
 from localbroker.sync import (
+    MemoryTarget,
     MongoStore,
+    NatsJetStream,
     PostgresStore,
     RedisStreams,
     SyncConfigurationError,
+    SyncTarget,
     from_env,
 )
+from tests.servers.mongo import MongoServer
+from tests.servers.nats import NatsServer
+from tests.servers.postgres import PostgresServer
 from tests.servers.redis import RedisServer
-from tests.sync.helpers import invoke
+from tests.sync.conftest import FAST
+from tests.sync.helpers import cli_sync_status, invoke, publish_n
 
 
 @pytest.mark.parametrize(
@@ -34,6 +42,11 @@ from tests.sync.helpers import invoke
         # A server that crashes would lose commits the mirror counted as stored.
         (lambda: PostgresStore("postgresql://h/x", synchronous_commit="off"), "synchronous_commit"),
         (lambda: PostgresStore(), "dsn: Field required"),
+        (lambda: NatsJetStream("redis://localhost"), "cannot use URL"),
+        (lambda: NatsJetStream("nats://h", stream="A.B"), "stream"),
+        (lambda: NatsJetStream("nats://h", subject_prefix="events"), "subject_prefix"),
+        (lambda: NatsJetStream("nats://h", inbound_topics=["pay..x"]), "inbound_topics"),
+        (lambda: NatsJetStream("nats://h", max_deliver=0), "max_deliver"),
     ],
 )
 def test_unusable_options_raise_at_construction(make, needle: str) -> None:
@@ -84,6 +97,44 @@ async def test_no_sync_configured_needs_no_server(data_dir: Path) -> None:
     assert "no sync target" in result.output
 
 
+@pytest.mark.redis
+@pytest.mark.mongo
+@pytest.mark.postgres
+@pytest.mark.nats
+async def test_sync_status_shows_every_target(
+    data_dir: Path,
+    redis_server: RedisServer,
+    mongo_server: MongoServer,
+    mongo_db: Any,
+    postgres_server: PostgresServer,
+    pg_schema: str,
+    nats_server: NatsServer,
+) -> None:
+    targets: list[SyncTarget[Any]] = [
+        RedisStreams(redis_server.url, **FAST),
+        MongoStore(mongo_server.url, database=mongo_db.name, **FAST),
+        PostgresStore(postgres_server.url, db_schema=pg_schema, **FAST),
+        NatsJetStream(nats_server.url, **FAST),
+        MemoryTarget(**FAST),
+    ]
+    async with Broker(data_dir, sync=targets) as broker:
+        await publish_n(broker, "every.target", 20)
+        for target in targets:
+            await target.wait_mirrored()
+            await target.save()
+        status = await cli_sync_status(data_dir)
+        table = (await invoke("sync", "status", "--data", str(data_dir))).output
+    assert {name: (s["kind"], s["target"]) for name, s in status.items()} == {
+        t.name: (t.kind, t.describe()) for t in targets
+    }
+    states = {name: (s["running"], s["connected"], s["cursor"]) for name, s in status.items()}
+    assert states == dict.fromkeys(
+        ("memory", "mongo", "nats", "postgres", "redis"), (True, True, 20)
+    )
+    for target in targets:
+        assert target.name in table
+
+
 def test_targets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_env() == []
     monkeypatch.setenv("LOCALBROKER_REDIS_URL", "redis://cache:6379/1")
@@ -92,7 +143,10 @@ def test_targets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCALBROKER_MONGO_EVENTS_TTL", "3600")
     monkeypatch.setenv("LOCALBROKER_POSTGRES_DSN", "postgresql://app:secret@db:5433/shop")
     monkeypatch.setenv("LOCALBROKER_POSTGRES_DB_SCHEMA", "billing")
-    redis_target, mongo_target, postgres_target = from_env()
+    monkeypatch.setenv("LOCALBROKER_NATS_URL", "nats://hub:4222")
+    monkeypatch.setenv("LOCALBROKER_NATS_INBOUND_TOPICS", '["refund.*"]')
+    monkeypatch.setenv("LOCALBROKER_NATS_STREAM", "SHOP")
+    redis_target, mongo_target, postgres_target, nats_target = from_env()
     assert isinstance(redis_target, RedisStreams)
     assert redis_target.config.inbound_topics == ("payment.done",)
     assert isinstance(mongo_target, MongoStore)
@@ -100,3 +154,6 @@ def test_targets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mongo_target.db.name == "shop"
     assert isinstance(postgres_target, PostgresStore)
     assert postgres_target.describe() == "postgres db:5433/shop schema billing"  # no password
+    assert isinstance(nats_target, NatsJetStream)
+    assert nats_target.describe() == "nats nats://hub:4222 stream SHOP"
+    assert nats_target.config.inbound_topics == ("refund.*",)
