@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localbroker.errors import ConfigurationError
+from localbroker.fs import fsync_dir
 
 from .errors import ArchiveAccessError, ArchiveChecksumError, ArchiveError, ArchiveUnavailableError
 
@@ -186,7 +187,7 @@ class LocalStore(ObjectStore):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return digest
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
@@ -234,14 +235,6 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_store(location: S3Location) -> ObjectStore:

@@ -27,14 +27,17 @@ import orjson
 
 from localbroker.events import decode_envelope
 
-from .stream_format import ORIGIN_HEADER
-
 if TYPE_CHECKING:
     from localbroker import Broker
 
-__all__ = ["InboundLedger", "Seen", "content_digest"]
+__all__ = ["ORIGIN_HEADER", "InboundLedger", "Seen", "content_digest", "origin_of"]
 
 logger = logging.getLogger("localbroker.sync")
+
+#: Header set on every event an inbound consumer appends: ``<kind>:<where on the server>``
+#: (``redis:events:payment.done/1700000000000-0``, ``nats:EVENTS/42``). The outbound mirror of a
+#: target does not send events of its own kind back (no loops).
+ORIGIN_HEADER = "origin"
 
 #: What is remembered of an inbound event: a digest of its content and where it came from.
 Seen = tuple[bytes, str]

@@ -29,15 +29,16 @@ import orjson
 
 from localbroker.errors import SerializationError
 
-from .stream_format import ORIGIN_HEADER, json_object
+from .inbound import ORIGIN_HEADER
+from .stream_format import json_object
 
 __all__ = [
     "MSG_ID",
     "OFFSET",
+    "ORIGIN_PREFIX",
     "PRODUCER",
     "SERVICE",
     "envelope_of_message",
-    "is_from_nats",
     "message_of_envelope",
 ]
 
@@ -55,12 +56,6 @@ _OPTIONAL = {
 }
 #: Origin header of events appended from a stream: ``nats:<stream>/<stream sequence>``.
 ORIGIN_PREFIX = "nats:"
-
-
-def is_from_nats(envelope: dict[str, Any]) -> bool:
-    """Whether the event was appended from a NATS stream (and must not be mirrored back)."""
-    headers = envelope.get("headers") or {}
-    return str(headers.get(ORIGIN_HEADER, "")).startswith(ORIGIN_PREFIX)
 
 
 def message_of_envelope(

@@ -32,14 +32,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from localbroker.errors import SerializationError
-from localbroker.events import decode_envelope
 from localbroker.log import Record
 
 from .config import NatsJetStreamConfig, build_config
 from .errors import SyncConfigurationError, TargetUnavailableError
 from .nats_errors import nats_errors
-from .nats_format import OFFSET, PRODUCER, is_from_nats, message_of_envelope
+from .nats_format import OFFSET, ORIGIN_PREFIX, PRODUCER, message_of_envelope
 from .target import SyncTarget, redact
 
 __all__ = ["NatsJetStream"]
@@ -76,6 +74,7 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
     """
 
     kind = "nats"
+    origin_prefix = ORIGIN_PREFIX
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
         super().__init__(build_config(NatsJetStreamConfig, url=url, **options))
@@ -340,24 +339,9 @@ class NatsJetStream(SyncTarget[NatsJetStreamConfig]):
                     await sub.unsubscribe()
         return offsets
 
-    def _outgoing(self, records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
-        """``(offset, envelope)`` of the records to send (not those that came from NATS, nor
-        those the stream already holds)."""
-        out = []
-        for record in records:
-            if record.offset in self._stored:
-                continue
-            try:
-                envelope = decode_envelope(record.payload)
-            except SerializationError as exc:
-                logger.error("%s: skipping offset %d: %s", self.name, record.offset, exc)
-                continue
-            if not is_from_nats(envelope):  # never send an event back where it came from
-                out.append((record.offset, envelope))
-        return out
-
     async def send(self, records: list[Record]) -> None:
-        outgoing = self._outgoing(records)
+        # Not what the stream already holds (found after a failure or a restart).
+        outgoing = self.outgoing(records, skip=self._stored)
         if outgoing:
             try:
                 await self._publish(outgoing)

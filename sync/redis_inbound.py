@@ -26,7 +26,7 @@ from localbroker.events import Event, GenericEvent, to_event
 
 from .inbound import InboundLedger, Seen
 from .redis_errors import redis_errors
-from .stream_format import entry_to_envelope
+from .stream_format import ORIGIN_PREFIX, entry_to_envelope
 
 if TYPE_CHECKING:
     from .redis_streams import RedisStreams
@@ -45,7 +45,7 @@ class InboundConsumer:
         self.target = target
         self.config = target.config
         self.streams = {target.stream(t): t for t in self.config.inbound_topics}
-        self.ledger = InboundLedger(target.name, "redis:", self.config.dedupe_window)
+        self.ledger = InboundLedger(target.name, ORIGIN_PREFIX, self.config.dedupe_window)
         self.unacked: dict[str, list[bytes]] = {}
         self.claimed = 0
         self._needs_pending_pass = True

@@ -25,7 +25,7 @@ from localbroker.log import Record
 from .config import RedisStreamsConfig, build_config
 from .errors import SyncConfigurationError
 from .redis_errors import redis_errors
-from .stream_format import entry_fields, is_from_redis
+from .stream_format import ORIGIN_PREFIX, entry_fields
 from .target import SyncTarget, redact
 
 __all__ = ["RedisStreams"]
@@ -45,6 +45,7 @@ class RedisStreams(SyncTarget[RedisStreamsConfig]):
     """
 
     kind = "redis"
+    origin_prefix = ORIGIN_PREFIX
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
         super().__init__(build_config(RedisStreamsConfig, url=url, **options))
@@ -93,7 +94,7 @@ class RedisStreams(SyncTarget[RedisStreamsConfig]):
         with redis_errors(self.describe()):
             await self.client.ping()
         if self.config.outbound:
-            await self.check_streams({e["topic"] for _, e in self._outgoing(self._read())})
+            await self.check_streams({e["topic"] for _, e in self.outgoing(self._read())})
         if self.inbound is not None:
             await self.inbound.setup()
 
@@ -141,13 +142,8 @@ class RedisStreams(SyncTarget[RedisStreamsConfig]):
                 )
             self._streams_checked.add(key)
 
-    def _outgoing(self, records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
-        """``(offset, envelope)`` of the records to send (not those that came from Redis)."""
-        # Never send an event back where it came from.
-        return [(o, e) for o, e in self.envelopes(records) if not is_from_redis(e)]
-
     async def send(self, records: list[Record]) -> None:
-        outgoing = self._outgoing(records)
+        outgoing = self.outgoing(records)
         await self.check_streams({envelope["topic"] for _, envelope in outgoing})
         cfg = self.config
         with redis_errors(self.describe()):

@@ -31,19 +31,18 @@ import orjson
 
 from localbroker.errors import SerializationError
 
+from .inbound import ORIGIN_HEADER
+
 __all__ = [
     "ENTRY_FIELDS",
-    "ORIGIN_HEADER",
+    "ORIGIN_PREFIX",
     "entry_fields",
     "entry_to_envelope",
-    "is_from_redis",
     "json_object",
 ]
 
-#: Header set on events appended from a stream: ``redis:<stream>/<entry id>``. The outbound
-#: mirror does not send such events back (no loops).
-ORIGIN_HEADER = "origin"
-_ORIGIN_PREFIX = "redis:"
+#: Origin header of events appended from a stream: ``redis:<stream>/<entry id>``.
+ORIGIN_PREFIX = "redis:"
 
 ENTRY_FIELDS = frozenset(
     {
@@ -62,12 +61,6 @@ ENTRY_FIELDS = frozenset(
     }
 )
 _OPTIONAL = ("key", "correlation_id", "causation_id")
-
-
-def is_from_redis(envelope: dict[str, Any]) -> bool:
-    """Whether the event was appended from a Redis stream (and must not be mirrored back)."""
-    headers = envelope.get("headers") or {}
-    return str(headers.get(ORIGIN_HEADER, "")).startswith(_ORIGIN_PREFIX)
 
 
 def entry_fields(
@@ -120,7 +113,7 @@ def entry_to_envelope(
     data = json_object(fields["data"], "data")
     headers = json_object(fields["headers"], "headers") if "headers" in fields else {}
     headers = {str(k): str(v) for k, v in headers.items()}
-    headers[ORIGIN_HEADER] = f"{_ORIGIN_PREFIX}{stream}/{entry_id}"
+    headers[ORIGIN_HEADER] = f"{ORIGIN_PREFIX}{stream}/{entry_id}"
     if "time" in fields:
         time = fields["time"]
     else:

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +29,7 @@ from localbroker.log import Record
 
 from .config import TargetConfig
 from .errors import SyncConfigurationError, TargetUnavailableError
+from .inbound import origin_of
 
 if TYPE_CHECKING:
     from localbroker import Broker
@@ -141,6 +142,10 @@ class SyncTarget(abc.ABC, Generic[C]):
     """
 
     kind: ClassVar[str]
+    #: Start of the ``origin`` header of the events this kind of target appends from its
+    #: server (``redis:``, ``nats:``): :meth:`outgoing` never sends those back. None: no
+    #: inbound side.
+    origin_prefix: ClassVar[str | None] = None
 
     def __init__(self, config: C) -> None:
         self.config = config
@@ -341,6 +346,20 @@ class SyncTarget(abc.ABC, Generic[C]):
             except SerializationError as exc:
                 logger.error("%s: skipping offset %d: %s", self.name, record.offset, exc)
         return out
+
+    def outgoing(
+        self, records: list[Record], skip: Collection[int] = ()
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """:meth:`envelopes` of the records to send: not those at an offset in ``skip``, nor
+        those appended from a server of this kind (an event never goes back where it came
+        from)."""
+        if skip:
+            records = [record for record in records if record.offset not in skip]
+        envelopes = self.envelopes(records)
+        prefix = self.origin_prefix
+        if prefix is None:
+            return envelopes
+        return [(o, e) for o, e in envelopes if not origin_of(e).startswith(prefix)]
 
     def _read(self) -> list[Record]:
         broker = self.broker

@@ -41,6 +41,7 @@ from localbroker.errors import (
     LogLockedError,
     NotFoundError,
 )
+from localbroker.fs import fsync_dir
 from localbroker.log.index import ENTRY_SIZE, OffsetIndex
 from localbroker.log.record import HEADER, HEADER_SIZE, Record, RecordError, iter_records
 from localbroker.log.segment import (
@@ -117,14 +118,6 @@ def _write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
     tmp = directory / (CHECKPOINT_FILE + ".tmp")
     tmp.write_bytes(checkpoint.encode())
     os.replace(tmp, directory / CHECKPOINT_FILE)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- public value types -------------------------------------------------------------------------
@@ -377,7 +370,7 @@ class CommitLog:
                 )
             if writable:
                 seg = Segment.create(directory, 0, index_interval=interval)
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 self._segments, self._bases = [seg], [0]
                 self._store_checkpoint(Checkpoint(0, 0, 0), force=True)
             return
@@ -454,7 +447,7 @@ class CommitLog:
             return
         active.make_active()
         if keep < len(bases):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         if (active.base_offset, active.size) != (segments[k].base_offset, ck_pos):
             # Make what recovery accepted durable, so that the checkpoint can move to the end
             # and the next open has nothing to scan.
@@ -637,7 +630,7 @@ class CommitLog:
         new = Segment.create(
             self._directory, old.next_offset, index_interval=self.index_interval_bytes
         )
-        _fsync_dir(self._directory)
+        fsync_dir(self._directory)
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._durable_offset = max(self._durable_offset, new.base_offset)
@@ -839,7 +832,7 @@ class CommitLog:
                 deleted.append(self._delete_first_locked())
         if deleted:
             # So that a crash cannot bring back an old segment next to a gap.
-            _fsync_dir(self._directory)
+            fsync_dir(self._directory)
         return deleted
 
     def delete_segment(self, base_offset: int) -> SegmentInfo:
@@ -860,7 +853,7 @@ class CommitLog:
                     "deleting it would leave a hole in the log"
                 )
             info = self._delete_first_locked()
-        _fsync_dir(self._directory)
+        fsync_dir(self._directory)
         return info
 
     def _delete_first_locked(self) -> SegmentInfo:
