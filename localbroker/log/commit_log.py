@@ -46,6 +46,7 @@ from localbroker.log.record import HEADER, HEADER_SIZE, Record, RecordError, ite
 from localbroker.log.segment import (
     INDEX_SUFFIX,
     Segment,
+    SegmentEnd,
     index_path_for,
     log_path_for,
     parse_base_offset,
@@ -557,10 +558,13 @@ class CommitLog:
 
     # -- checkpoint ---------------------------------------------------------------------------
 
-    def _store_checkpoint(self, checkpoint: Checkpoint, *, force: bool = False) -> None:
+    def _store_checkpoint(
+        self, checkpoint: Checkpoint, *, force: bool = False, backwards: bool = False
+    ) -> None:
         with self._checkpoint_lock:
-            # Never move the checkpoint backwards (a slow sync() racing a roll()).
-            if checkpoint.next_offset < self._checkpoint_offset:
+            # Never move the checkpoint backwards (a slow sync() racing a roll()), except to
+            # undo a failed append.
+            if checkpoint.next_offset < self._checkpoint_offset and not backwards:
                 return
             if checkpoint.next_offset == self._checkpoint_offset and not force:
                 return
@@ -576,8 +580,11 @@ class CommitLog:
         Offsets are consecutive. The records reach the page cache (one ``os.write`` per segment
         touched), not the disk: call :meth:`sync` for durability. Rolls to a new segment first
         when the active one is too old, and whenever the next record would push a non-empty
-        segment past ``segment_bytes``. If a write fails the active segment is cut back, but
-        records already written to a segment that was rolled in the same call stay.
+        segment past ``segment_bytes``.
+
+        All or nothing: if anything fails (a full disk after a roll included), the log is cut
+        back to where it was before the call, segments the call created are removed, and the
+        error is raised; the log stays usable.
         """
         self._require_writable()
         with self._lock:
@@ -585,19 +592,46 @@ class CommitLog:
             first = active.next_offset
             if not records:
                 return first
-            if (
-                self.segment_max_age is not None
-                and active.size > 0
-                and active.first_timestamp is not None
-                and time.time() * 1000 - active.first_timestamp > self.segment_max_age * 1000
-            ):
-                self._roll_locked()
-            limit = self.segment_bytes
-            done = self._segments[-1].append(records, 0, limit)
-            while done < len(records):
-                self._roll_locked()
-                done = self._segments[-1].append(records, done, limit)
+            count, end, durable = len(self._segments), active.end(), self._durable_offset
+            try:
+                if (
+                    self.segment_max_age is not None
+                    and active.size > 0
+                    and active.first_timestamp is not None
+                    and time.time() * 1000 - active.first_timestamp > self.segment_max_age * 1000
+                ):
+                    self._roll_locked()
+                limit = self.segment_bytes
+                done = self._segments[-1].append(records, 0, limit)
+                while done < len(records):
+                    self._roll_locked()
+                    done = self._segments[-1].append(records, done, limit)
+            except BaseException:
+                self._cut_back_locked(count, end, durable)
+                raise
             return first
+
+    def _cut_back_locked(self, count: int, end: SegmentEnd, durable: int) -> None:
+        """Undo a failed append: drop the segments it created, cut the one it started in."""
+        created = self._segments[count:]
+        del self._segments[count:]
+        del self._bases[count:]
+        for seg in created:
+            self._open_sealed.pop(seg.base_offset, None)
+            seg.delete()
+        active = self._segments[-1]
+        self._open_sealed.pop(active.base_offset, None)
+        active.cut_back(end)
+        if created:
+            _fsync_dir(self._directory)
+            # A roll moved the checkpoint to a segment that is gone now; everything before
+            # ``end`` was fsynced by that roll (seal), so the checkpoint can name it exactly.
+            self._durable_offset = end.next_offset
+            self._store_checkpoint(
+                Checkpoint(active.base_offset, end.size, end.next_offset), backwards=True
+            )
+        else:
+            self._durable_offset = durable
 
     def roll(self) -> None:
         """Seal the active segment (fsync it, finish its index) and start a new one.

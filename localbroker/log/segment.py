@@ -13,6 +13,7 @@ import os
 import zlib
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from localbroker.errors import CorruptLogError, NotFoundError
@@ -29,7 +30,7 @@ from localbroker.log.record import (
     iter_records,
 )
 
-__all__ = ["Segment", "index_path_for", "log_path_for", "parse_base_offset"]
+__all__ = ["Segment", "SegmentEnd", "index_path_for", "log_path_for", "parse_base_offset"]
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -55,6 +56,18 @@ def parse_base_offset(name: str, suffix: str = LOG_SUFFIX) -> int | None:
     if len(stem) == 20 and stem.isdigit():
         return int(stem)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEnd:
+    """Where a segment ended at one moment: what :meth:`Segment.cut_back` restores."""
+
+    size: int
+    next_offset: int
+    index_entries: int
+    next_index_pos: int
+    first_timestamp: int | None
+    last_timestamp: int | None
 
 
 class _StaleIndexError(Exception):
@@ -118,9 +131,13 @@ class Segment:
         seg = cls(directory, base_offset, index_interval=index_interval, writable=True)
         # O_EXCL: a file by that name would mean two segments claim the same offsets.
         seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        seg._index = OffsetIndex(seg.index_path)
-        seg._index.write_file()
-        seg._index.open_for_append()
+        try:
+            seg._index = OffsetIndex(seg.index_path)
+            seg._index.write_file()
+            seg._index.open_for_append()
+        except BaseException:
+            seg.delete()  # a half-created segment would block the next try (O_EXCL)
+            raise
         return seg
 
     def open_fd(self) -> int:
@@ -308,6 +325,39 @@ class Segment:
         self.size = pos
         self.next_offset = offset
         return i
+
+    def end(self) -> SegmentEnd:
+        """The current end of the valid records, for a later :meth:`cut_back`."""
+        return SegmentEnd(
+            self.size,
+            self.next_offset,
+            len(self.index),
+            self._next_index_pos,
+            self.first_timestamp,
+            self.last_timestamp,
+        )
+
+    def cut_back(self, end: SegmentEnd) -> None:
+        """Undo every append since ``end`` was taken, in memory and on disk; write again.
+
+        Only shrinks files (truncation needs no free space), so it works on a full disk.
+        A segment sealed meanwhile (by a roll) becomes the active one again.
+        """
+        if self.sealed:
+            self.close_log_fd()
+            self.sealed = False
+        os.truncate(self.path, end.size)
+        index = self.index
+        index.truncate(end.index_entries)
+        if self.persist_index:
+            index.truncate_file(end.index_entries)
+            index.open_for_append()
+        self.size = end.size
+        self.next_offset = end.next_offset
+        self._next_index_pos = end.next_index_pos
+        self.first_timestamp = end.first_timestamp
+        self.last_timestamp = end.last_timestamp
+        self.open_fd()
 
     def truncate(self, position: int) -> None:
         """Cut the log file at ``position`` (recovery of a torn tail)."""
