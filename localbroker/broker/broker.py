@@ -19,6 +19,7 @@ from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.positions import handed_out
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
@@ -37,6 +38,7 @@ from localbroker.events import (
     encode_event,
 )
 from localbroker.log import CommitLog, Record
+from localbroker.log.gaps import GAPS_FILE
 from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.store import StateStore
 from localbroker.topics import TopicPattern, validate_topic
@@ -279,7 +281,11 @@ class Broker:
             self._store = await StateStore.open(self.data_dir / "state.db")
             if cfg.index_events:
                 self._index = await EventIndex.open(self.data_dir / "index.db")
+            await self._keep_offsets_unique()
         except BaseException:
+            for db in (self._index, self._store):
+                if db is not None:
+                    await db.close()
             await asyncio.to_thread(log.close)
             raise
         self.visible_offset = self._log.next_offset
@@ -347,6 +353,41 @@ class Broker:
         assert self._log is not None
         await asyncio.to_thread(self._log.close)
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
+
+    async def _keep_offsets_unique(self) -> None:
+        """Never hand out again an offset that was handed out before the log lost it.
+
+        A subscriber (or mirror, archive, index) whose position is beyond the end of the log
+        read records the log no longer has: the offsets up to that position become a gap,
+        logged at ERROR, and new events start after it (docs/log-format.md, "Gaps").
+        """
+        log = self.log
+        beyond = {
+            who: position
+            for who, position in (await handed_out(self.store, self._index)).items()
+            if position > log.next_offset
+        }
+        if not beyond:
+            return
+        readers = ", ".join(f"{who} at {position}" for who, position in beyond.items())
+        end = log.next_offset
+        gap = await asyncio.to_thread(
+            log.skip_to,
+            max(beyond.values()),
+            f"the log ended at offset {end} but {readers} had read further "
+            f"(records lost in a crash with fsync={self.config.fsync.value}, or an older copy "
+            "of the log)",
+        )
+        if gap is not None:
+            logger.error(
+                "%s: %s were handed out but are not in the log (%s); they are recorded as "
+                "lost in %s and new events start at offset %d",
+                log.directory,
+                gap.describe(),
+                readers,
+                GAPS_FILE,
+                gap.end,
+            )
 
     async def _start_subscriber(self, subscription: Subscription) -> None:
         store = self.store

@@ -222,19 +222,21 @@ class Segment:
         return bool(HEADER.unpack(header)[2] == self.base_offset + relative_offset)
 
     def rebuild_index(self) -> None:
-        """Rebuild the index by scanning the whole log (and replace the file if writing)."""
+        """Rebuild the index by scanning the whole log (and replace the file if writing).
+
+        A bad record ends the index there: records before it stay readable, and a read past
+        it scans into the damage and reports it.
+        """
         index = OffsetIndex(self.index_path)
         next_pos = self.index_interval
         base = self.base_offset
-        try:
+        with contextlib.suppress(RecordError):
             for pos, _end, rec in iter_records(
                 self.open_fd(), 0, self.size, expected_offset=base, payloads=False
             ):
                 if pos >= next_pos:
                     index.add(rec.offset - base, pos)
                     next_pos = pos + self.index_interval
-        except RecordError as exc:
-            raise CorruptLogError(self.path, exc.position, exc.reason) from None
         if self._index is not None:
             self._index.close()
         self._index = index
@@ -359,6 +361,15 @@ class Segment:
         self.last_timestamp = end.last_timestamp
         self.open_fd()
 
+    def load_last_timestamp(self) -> None:
+        """Fill in :attr:`last_timestamp` by scanning from the last index entry."""
+        if self.size == 0:
+            return
+        _rel, pos = self.index.lookup(self.next_offset - self.base_offset)
+        with contextlib.suppress(RecordError):
+            for _pos, _end, rec in iter_records(self.open_fd(), pos, self.size, payloads=False):
+                self.last_timestamp = rec.timestamp
+
     def truncate(self, position: int) -> None:
         """Cut the log file at ``position`` (recovery of a torn tail)."""
         os.truncate(self.path, position)
@@ -425,18 +436,23 @@ class Segment:
                 buf_pos, rel = pos, 0
                 chunk = min(chunk * 2, READ_CHUNK_MAX)
                 if len(buf) < HEADER_SIZE:
-                    raise CorruptLogError(self.path, pos, "log file shorter than expected")
+                    raise CorruptLogError(
+                        self.path, pos, "log file shorter than expected", offset=current
+                    )
             size, crc, record_offset, timestamp, _attributes = unpack_from(buf, rel)
             record_len = 4 + size
             if size < MIN_SIZE_FIELD or pos + record_len > end:
                 if pos == entry_pos and pos != 0:
                     raise _StaleIndexError
-                raise CorruptLogError(self.path, pos, f"bad size field {size}")
+                raise CorruptLogError(self.path, pos, f"bad size field {size}", offset=current)
             if record_offset != current:
                 if pos == entry_pos and pos != 0:
                     raise _StaleIndexError
                 raise CorruptLogError(
-                    self.path, pos, f"offset {record_offset} where {current} was expected"
+                    self.path,
+                    pos,
+                    f"offset {record_offset} where {current} was expected",
+                    offset=current,
                 )
             if record_offset < offset:
                 pos += record_len
@@ -450,11 +466,16 @@ class Segment:
                 buf_pos, rel = pos, 0
                 chunk = min(chunk * 2, READ_CHUNK_MAX)
                 if len(buf) < record_len:
-                    raise CorruptLogError(self.path, pos, "log file shorter than expected")
+                    raise CorruptLogError(
+                        self.path, pos, "log file shorter than expected", offset=current
+                    )
             actual = crc32(view[rel + CRC_START : rel + record_len])
             if actual != crc:
                 raise CorruptLogError(
-                    self.path, pos, f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
+                    self.path,
+                    pos,
+                    f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})",
+                    offset=current,
                 )
             add(
                 new_record(
@@ -465,6 +486,15 @@ class Segment:
             pos += record_len
             current += 1
             count += 1
+        if pos >= end and current < self.next_offset and count < max_records:
+            # A sealed segment ends where the next one (or a recorded gap) starts.
+            raise CorruptLogError(
+                self.path,
+                end,
+                f"the segment ends at offset {current}, but the next segment starts at offset "
+                f"{self.next_offset} and no gap is recorded for the offsets in between",
+                offset=current,
+            )
         return used
 
 
