@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Iterable
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -12,7 +16,7 @@ from localbroker.extras import require_extra
 
 from .reader import ArchivedEvent
 
-__all__ = ["ExportFormat", "write_jsonl", "write_parquet"]
+__all__ = ["ExportFormat", "export_to_file", "replaced_on_success", "write_jsonl", "write_parquet"]
 
 #: Envelope fields that become their own Parquet columns (``headers`` and ``data`` are JSON).
 _COLUMNS = ("id", "topic", "time", "key", "version", "correlation_id", "causation_id")
@@ -79,3 +83,37 @@ def write_parquet(events: Iterable[ArchivedEvent], path: str) -> int:
                 flush(writer)
         flush(writer)
     return count
+
+
+@contextlib.contextmanager
+def replaced_on_success(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; it becomes ``path`` (fsynced, then renamed
+    over it) only if the block succeeds, and is removed if it fails.
+
+    So a failed or interrupted export leaves neither a partial output file nor a temporary
+    one, and a file already at ``path`` stays as it was.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def export_to_file(events: Iterable[ArchivedEvent], fmt: ExportFormat, path: Path) -> int:
+    """Write ``events`` to ``path`` in ``fmt``; return how many were written.
+
+    ``path`` appears only once every event is written (see :func:`replaced_on_success`): an
+    error while reading the archive (S3 unreachable, a corrupt segment) leaves no output.
+    """
+    with replaced_on_success(path) as tmp:
+        if fmt is ExportFormat.PARQUET:
+            return write_parquet(events, str(tmp))
+        with tmp.open("wb") as out:
+            return write_jsonl(events, out)

@@ -56,8 +56,12 @@ class Manifest(BaseModel):
     """Offset after the segment's last record."""
     record_count: int
     first_timestamp: int | None
-    """Milliseconds since the epoch of the first record (None for an empty segment)."""
+    """Append time of the segment's first record: the timestamp of its record header, in
+    milliseconds since the epoch (None for an empty segment). Not the event's own ``time``."""
     last_timestamp: int | None
+    """Append time of the segment's last record (read from this segment's file, never from
+    the next one). Records appended together share a millisecond, so when a batch straddles a
+    roll this equals the next segment's ``first_timestamp``, as it should."""
     topics: list[str]
     """Every topic present, sorted."""
     size_bytes: int

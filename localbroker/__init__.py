@@ -21,7 +21,7 @@ from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
 from localbroker.broker.dlq import DeadLetterQueue
-from localbroker.config import BrokerConfig, FsyncPolicy, RetryPolicy, StartFrom
+from localbroker.config import BrokerConfig, FsyncPolicy, MissingState, RetryPolicy, StartFrom
 from localbroker.errors import (
     ArchiveError,
     BrokerStateError,
@@ -30,9 +30,11 @@ from localbroker.errors import (
     LocalBrokerError,
     LogLockedError,
     MissingExtraError,
+    MissingStateError,
     NotFoundError,
     RejectEvent,
     SerializationError,
+    StateStoreError,
     SyncError,
 )
 from localbroker.events import Command, Event, GenericEvent, PublishResult
@@ -61,12 +63,15 @@ __all__ = [
     "LocalBrokerError",
     "LogLockedError",
     "MissingExtraError",
+    "MissingState",
+    "MissingStateError",
     "NotFoundError",
     "PublishResult",
     "RejectEvent",
     "RetryPolicy",
     "SerializationError",
     "StartFrom",
+    "StateStoreError",
     "SubscribeOptions",
     "SyncError",
     "chain_scope",

@@ -12,7 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localbroker.errors import ConfigurationError
@@ -20,6 +27,7 @@ from localbroker.errors import ConfigurationError
 __all__ = [
     "BrokerConfig",
     "FsyncPolicy",
+    "MissingState",
     "RetryPolicy",
     "StartFrom",
     "SubscriberConfig",
@@ -53,6 +61,21 @@ class StartFrom(enum.StrEnum):
 
     LATEST = "latest"
     """The end of the log when the subscriber is first registered: only new events."""
+
+
+class MissingState(enum.StrEnum):
+    """What the broker does when the log holds events but ``state.db`` is missing."""
+
+    FAIL = "fail"
+    """Refuse to start (:class:`~localbroker.errors.MissingStateError`): an operator decides."""
+
+    EARLIEST = "earliest"
+    """Recreate ``state.db``; every subscriber starts at the first event in the log, so every
+    event is delivered again (at least once). Logged as a WARNING."""
+
+    LATEST = "latest"
+    """Recreate ``state.db``; every subscriber starts at the end of the log, so the events
+    already in it are not delivered. A WARNING names how many each subscriber skips."""
 
 
 class RetryPolicy(BaseModel):
@@ -139,6 +162,20 @@ class BrokerConfig(BaseSettings):
     """Keep the event index (topic, time, key, chain ids) that chain queries and the dashboard use."""
     control_poll_interval: Annotated[float, Field(gt=0)] = 0.25
     """Seconds between two checks for operator requests (DLQ retry/discard from the CLI)."""
+    history_retention: Annotated[float, Field(gt=0)] | None = 7 * 24 * 3600.0
+    """Seconds the errors and tries of finished deliveries are kept in ``state.db`` (``None``:
+    forever). Deliveries still retrying or in the DLQ keep theirs; DLQ entries stay until
+    resolved or discarded."""
+    on_missing_state: MissingState = MissingState.FAIL
+    """What to do when the log holds events but ``state.db`` is missing; see :class:`MissingState`."""
+
+    @field_validator("segment_max_age", "history_retention", mode="before")
+    @classmethod
+    def _none_from_environment(cls, value: Any) -> Any:
+        # An environment variable cannot hold None: "none" (or "null", or empty) stands for it.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BrokerConfig:

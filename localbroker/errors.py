@@ -8,6 +8,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     │   └── LogLockedError        another process holds the log directory's writer lock
     ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)
     ├── SubscriberStalledError    a subscriber cannot read on (damage in the log); from wait_idle
+    ├── StateStoreError           state.db cannot be read or written, or holds a damaged row (names file, subscriber)
+    │   └── MissingStateError     the log holds events but state.db is gone: choose ``on_missing_state``
     ├── SerializationError        an event that cannot be encoded or decoded
     ├── NotFoundError             unknown subscriber, DLQ entry, chain or offset
     ├── RejectEvent               raised by a handler: do not retry, dead-letter now
@@ -30,9 +32,11 @@ __all__ = [
     "LocalBrokerError",
     "LogLockedError",
     "MissingExtraError",
+    "MissingStateError",
     "NotFoundError",
     "RejectEvent",
     "SerializationError",
+    "StateStoreError",
     "SubscriberStalledError",
     "SyncError",
 ]
@@ -102,6 +106,55 @@ class SubscriberStalledError(LocalBrokerError):
         self.position = position
         self.cause = cause
         super().__init__(f"subscriber {subscriber!r} is stalled at offset {position}: {cause}")
+
+
+class StateStoreError(LocalBrokerError):
+    """``state.db`` could not be read or written, or one of its rows is damaged.
+
+    Raised from the state layer instead of SQLite's own errors (``raise ... from`` keeps them
+    as the cause). The message names the file and, when one is concerned, the subscriber::
+
+        /data/state.db: subscriber 'email' has a damaged row (column 'done': ...); ...
+    """
+
+    def __init__(self, path: Path | str, message: str, subscriber: str | None = None) -> None:
+        self.path = Path(path)
+        """The ``state.db`` file concerned."""
+        self.subscriber = subscriber
+        """The subscriber whose row or change failed, if one is concerned."""
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.path, self.message, self.subscriber)
+
+
+class MissingStateError(StateStoreError):
+    """The log of a data directory holds events but its ``state.db`` is gone.
+
+    Subscriber positions, the DLQ and the error history went with it, so the broker refuses to
+    start until told how to recreate the subscribers: ``on_missing_state="earliest"`` (deliver
+    the whole log again) or ``"latest"`` (start at the end, skipping the log).
+    """
+
+    def __init__(self, data_dir: Path | str, first_offset: int, next_offset: int) -> None:
+        self.data_dir = Path(data_dir)
+        """The data directory whose ``state.db`` is missing."""
+        self.first_offset = first_offset
+        self.next_offset = next_offset
+        state = self.data_dir / "state.db"
+        super().__init__(
+            state,
+            f"missing, but the log in {self.data_dir} holds offsets {first_offset}..{next_offset - 1}: "
+            "subscriber positions, the DLQ and the error history are gone. If the file was moved, "
+            "put it back. Otherwise choose how to recreate the subscribers with "
+            "on_missing_state (or LOCALBROKER_ON_MISSING_STATE): 'earliest' delivers every event "
+            "in the log again (at least once), 'latest' starts at the end (the log's events are "
+            "not delivered)",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (self.data_dir, self.first_offset, self.next_offset)
 
 
 class SerializationError(LocalBrokerError, TypeError):

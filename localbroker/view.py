@@ -225,9 +225,10 @@ class BrokerView:
         try:
             store = await StateStore.open(self.data_dir / "state.db")
             try:
-                return await DeadLetterQueue(lambda: store, lambda _name: False).perform(
-                    action, args
-                )
+                async with store.transaction(f"carry out {action}"):  # all entries or none
+                    return await DeadLetterQueue(lambda: store, lambda _name: False).perform(
+                        action, args
+                    )
             finally:
                 await store.close()
         finally:

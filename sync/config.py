@@ -7,7 +7,7 @@ for :class:`MongoStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,7 +33,9 @@ class TargetConfig(BaseSettings):
     give one when a broker has two targets of the same kind."""
     service: str | None = None
     """Name of this application (service): the Redis consumer group, and a field of every
-    mirrored document. Default: ``LOCALBROKER_SERVICE``, else the data directory's name."""
+    mirrored entry and document. Default: ``LOCALBROKER_SERVICE``, else the ``service`` given
+    to the broker's other sync targets (an error if they differ), else the data directory's
+    name (see :func:`localbroker.sync.target.choose_service`)."""
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000
     """Events sent in one round trip (one MULTI/EXEC, one bulk write)."""
     reconnect: RetryPolicy = RetryPolicy(backoff_initial=0.2, backoff_multiplier=2, backoff_max=15)
@@ -45,6 +47,9 @@ class TargetConfig(BaseSettings):
     log (``earliest``, default) or only new events (``latest``)."""
     status_interval: Annotated[float, Field(gt=0)] = 1.0
     """Seconds between two writes of the status and cursors to ``state.db``."""
+    heartbeat_interval: Annotated[float, Field(gt=0)] = 5.0
+    """While there is nothing to send, the server is pinged this often, so that the status
+    shows an outage (``connected: false``) even when the log is idle."""
 
 
 class RedisStreamsConfig(TargetConfig):
@@ -78,7 +83,9 @@ class RedisStreamsConfig(TargetConfig):
     claim_interval: Annotated[float, Field(gt=0)] = 5.0
     """Seconds between two XAUTOCLAIM passes."""
     dedupe_window: Annotated[int, Field(ge=0)] = 100_000
-    """Ids of inbound events remembered to drop re-deliveries of events already appended."""
+    """Ids of inbound events remembered, to drop entries whose id was already appended (a
+    redelivery, or a reused id: logged when the content differs). At start, the inbound events
+    among this many last records of the log are remembered."""
 
 
 class MongoStoreConfig(TargetConfig):
@@ -91,7 +98,19 @@ class MongoStoreConfig(TargetConfig):
     collection_prefix: str = ""
     """Prefix of the collection names (``events``, ``errors``, ``dlq``, ``subscribers``)."""
     events_ttl: Annotated[float, Field(gt=0)] | None = None
-    """Keep events this many seconds after their time (a TTL index); ``None``: forever."""
+    """Keep events this many seconds after they were stored in MongoDB (a TTL index on the
+    documents' ``stored_at``, not on the event's own ``time``); ``None``: forever (an existing
+    TTL index is then dropped)."""
+    write_concern: Literal["majority"] | Annotated[int, Field(ge=1)] = "majority"
+    """How many servers must have a write in their journal before the mirror counts it as
+    stored and moves its cursor past it (the ``w`` of MongoDB's write concern; ``j`` is always
+    true, so a kill -9 of the server cannot lose what was counted). ``majority`` (default)
+    survives a replica set failover too; on a standalone server it means that server. The
+    URL's own write concern options are not used for the mirror's writes."""
+    write_timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds one write may take (the write concern's ``wtimeout`` and the socket timeout)
+    before it counts as failed and is retried: a hung server or missing replicas show up as a
+    failure in the status instead of a silent stall."""
     poll_interval: Annotated[float, Field(gt=0)] = 0.5
     """Seconds between two looks for new errors, DLQ changes and subscriber stats."""
 

@@ -10,17 +10,33 @@ Never twice: an event appended but not yet acknowledged when the process died is
 again by Redis after the restart (it is still pending for this consumer). At start the part of
 the local log that may hold such events (from the last point where everything was acknowledged)
 is scanned for events that came from Redis, and their ids, with the ids of recent inbound
-events, are dropped instead of appended again.
+events, are dropped instead of appended again. The ids remembered are those of the inbound
+events among the last ``dedupe_window`` records of the log at start (and all after
+``scan_from``), then of the last ``dedupe_window`` inbound events appended.
+
+An event id names one event. An entry whose (caller-supplied) ``id`` was already appended is
+dropped; when its content (topic, key or data) differs from the event appended under that id,
+it is not a redelivery but a producer reusing an id, and a WARNING names the id, the stream, the
+entry and the entry appended before (counted as ``conflicts`` in the status). The entry stays in
+the stream, so nothing is lost: a producer that meant a new event gives it a new id.
+
+Entries that cannot be used (no ``data`` field, JSON that is not an object, bytes that are not
+UTF-8, ...) are logged as an ERROR naming the stream and the entry id and acknowledged, so that
+they do not come back forever nor hold back the group; they stay in the stream for inspection
+(``XRANGE <stream> <id> <id>``), are counted as ``rejected`` and the last one is shown as
+``last_rejected`` in the status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from redis import exceptions as rex
 
 from localbroker.config import StartFrom
@@ -28,7 +44,7 @@ from localbroker.errors import SerializationError, SyncError
 from localbroker.events import Event, GenericEvent, decode_envelope, to_event
 
 from .redis_errors import redis_errors
-from .stream_format import entry_to_envelope, is_from_redis
+from .stream_format import ORIGIN_HEADER, entry_to_envelope, is_from_redis
 
 if TYPE_CHECKING:
     from .redis_streams import RedisStreams
@@ -41,6 +57,21 @@ logger = logging.getLogger("localbroker.sync")
 _ORIGIN_MARK = b'"origin":"redis:'
 
 Entries = list[tuple[bytes, dict[bytes, bytes] | None]]
+#: What is remembered of an inbound event: a digest of its content and where it came from.
+Seen = tuple[bytes, str]
+
+
+def content_digest(envelope: dict[str, Any]) -> bytes:
+    """A digest of what makes an event itself (topic, key, data), to tell a redelivery (same
+    content) from another event under a reused id. Not the time: it may come from the entry id."""
+    content = {k: envelope.get(k) for k in ("topic", "key", "data")}
+    return hashlib.blake2b(
+        orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).digest()
+
+
+def _origin(envelope: dict[str, Any]) -> str:
+    return str((envelope.get("headers") or {}).get(ORIGIN_HEADER, "?"))
 
 
 class InboundConsumer:
@@ -50,13 +81,17 @@ class InboundConsumer:
         self.target = target
         self.config = target.config
         self.streams = {target.stream(t): t for t in self.config.inbound_topics}
-        self.seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.seen: collections.OrderedDict[str, Seen] = collections.OrderedDict()
         self.unacked: dict[str, list[bytes]] = {}
         self.scan_from = 0
         """Every event appended from Redis before this offset is acknowledged."""
         self.received = 0
         self.duplicates = 0
         self.rejected = 0
+        self.last_rejected: str | None = None
+        """The last entry refused, with the reason (``<stream> <entry id>: <reason>``)."""
+        self.conflicts = 0
+        """Entries dropped for reusing the id of an event with other content."""
         self.claimed = 0
         self._needs_pending_pass = True
         self._last_claim = 0.0
@@ -74,7 +109,9 @@ class InboundConsumer:
         else:
             # Nothing came in from Redis yet: no part of the log can hold an unacked entry.
             self.scan_from = broker.log.next_offset
-        await self._scan_log()
+        # Also the recent past, so that an id reused across a restart is caught too.
+        recent = max(broker.log.start_offset, broker.log.next_offset - self.config.dedupe_window)
+        await self._scan_log(min(self.scan_from, recent))
 
     def state(self) -> dict[str, Any]:
         return {"inbound_scan": self.scan_from}
@@ -87,13 +124,15 @@ class InboundConsumer:
             "received": self.received,
             "duplicates_dropped": self.duplicates,
             "rejected": self.rejected,
+            "last_rejected": self.last_rejected,
+            "conflicts": self.conflicts,
             "claimed": self.claimed,
         }
 
-    async def _scan_log(self) -> None:
-        """Remember the ids of events appended from Redis that may not have been acknowledged."""
+    async def _scan_log(self, offset: int) -> None:
+        """Remember the ids of the events appended from Redis from ``offset`` on: those that
+        may not have been acknowledged (from ``scan_from``) and the recent ones."""
         broker = self.target.broker
-        offset = self.scan_from
         found = 0
         while offset < broker.visible_offset:
             records = broker.read_log(offset, 5000)
@@ -103,15 +142,17 @@ class InboundConsumer:
                 if _ORIGIN_MARK in record.payload:
                     envelope = decode_envelope(record.payload)
                     if is_from_redis(envelope):
-                        self._remember(envelope["id"])
-                        found += 1
+                        self._remember(
+                            envelope["id"], (content_digest(envelope), _origin(envelope))
+                        )
+                        found += record.offset >= self.scan_from
             offset = records[-1].offset + 1
             await asyncio.sleep(0)  # a long scan must not starve the broker
         if found:
             logger.info("%s: %d events from Redis may await their XACK", self.target.name, found)
 
-    def _remember(self, event_id: str) -> None:
-        self.seen[event_id] = None
+    def _remember(self, event_id: str, seen: Seen) -> None:
+        self.seen[event_id] = seen
         self.seen.move_to_end(event_id)
         while len(self.seen) > self.config.dedupe_window:
             self.seen.popitem(last=False)
@@ -205,7 +246,7 @@ class InboundConsumer:
         """Append the entries' events (one durable write), then XACK them all."""
         events: list[Event] = []
         acks: dict[str, list[bytes]] = {}
-        in_batch: set[str] = set()
+        in_batch: dict[str, Seen] = {}
         for stream, entries in batches.items():
             topic = self.streams[stream]
             for entry_id, raw in entries:
@@ -218,27 +259,23 @@ class InboundConsumer:
                     envelope = entry_to_envelope(stream, entry_id.decode(), raw, topic=topic)
                     event = to_event(envelope, GenericEvent)
                 except SerializationError as exc:
-                    self.rejected += 1
-                    logger.error(
-                        "%s: entry %s of %s cannot be used and is acknowledged without being "
-                        "appended (it stays in the stream): %s",
-                        self.target.name,
-                        entry_id.decode(),
-                        stream,
-                        exc,
-                    )
+                    self._reject(stream, entry_id, exc)
                     continue
-                if event.id in self.seen or event.id in in_batch:
+                this: Seen = (content_digest(envelope), _origin(envelope))
+                before = in_batch.get(event.id) or self.seen.get(event.id)
+                if before is not None:
                     self.duplicates += 1
+                    if before[0] != this[0]:
+                        self._conflict(stream, entry_id, event.id, before[1])
                     continue
-                in_batch.add(event.id)
+                in_batch[event.id] = this
                 events.append(event)
         if events:
             # publish_many returns once the batch is in the log (fsynced under fsync=always):
             # only then may Redis forget the entries.
             results = await self.target.broker.publish_many(events)
             for event in events:
-                self._remember(event.id)
+                self._remember(event.id, in_batch[event.id])
             self.received += len(events)
             end = results[-1].offset + 1
         else:
@@ -248,6 +285,31 @@ class InboundConsumer:
         await self._ack_unacked()
         if end is not None:
             self.scan_from = end
+
+    def _reject(self, stream: str, entry_id: bytes, exc: SerializationError) -> None:
+        self.rejected += 1
+        self.last_rejected = f"{stream} {entry_id.decode()}: {exc}"
+        logger.error(
+            "%s: entry %s of %s cannot be used and is acknowledged without being appended "
+            "(it stays in the stream): %s",
+            self.target.name,
+            entry_id.decode(),
+            stream,
+            exc,
+        )
+
+    def _conflict(self, stream: str, entry_id: bytes, event_id: str, first: str) -> None:
+        self.conflicts += 1
+        logger.warning(
+            "%s: entry %s of %s reuses event id %r, already appended from %s with other "
+            "content (topic, key or data); it is dropped, since an event id names one event "
+            "(the entry stays in the stream; give it its own id to have it appended)",
+            self.target.name,
+            entry_id.decode(),
+            stream,
+            event_id,
+            first.removeprefix("redis:"),
+        )
 
     async def _ack_unacked(self) -> None:
         if not self.unacked:

@@ -16,8 +16,10 @@ string fields::
     producer        id of the producing broker's data directory (mirrored events only)
     offset          the event's offset in the producer's log (mirrored events only)
 
-A plain producer only needs ``data`` (or, without ``data``, plain fields become the payload);
-missing ``id``/``time`` are derived from the entry id, ``topic`` from the stream name.
+Only ``data`` is required (a JSON object); an entry without it is refused (the inbound
+consumer logs it and acknowledges it, see :mod:`localbroker.sync.redis_inbound`): other fields
+are never taken as the payload. Missing ``id``/``time`` are derived from the entry id,
+``topic`` from the stream name.
 """
 
 from __future__ import annotations
@@ -101,10 +103,13 @@ def entry_to_envelope(
         fields = {k.decode(): v.decode() for k, v in raw.items()}
     except UnicodeDecodeError as exc:
         raise SerializationError(f"entry {entry_id} of {stream} is not UTF-8: {exc}") from exc
-    if "data" in fields:
-        data = _json_object(fields["data"], "data")
-    else:
-        data = {k: v for k, v in fields.items() if k not in ENTRY_FIELDS}
+    if "data" not in fields:
+        raise SerializationError(
+            f"entry {entry_id} of {stream} has no 'data' field (it has: "
+            f"{', '.join(sorted(fields)) or 'no field'}); 'data' must hold the payload as a "
+            "JSON object"
+        )
+    data = _json_object(fields["data"], "data")
     headers = _json_object(fields["headers"], "headers") if "headers" in fields else {}
     headers = {str(k): str(v) for k, v in headers.items()}
     headers[ORIGIN_HEADER] = f"{_ORIGIN_PREFIX}{stream}/{entry_id}"

@@ -27,20 +27,53 @@ from localbroker.errors import BrokerStateError, NotFoundError, SyncError
 from localbroker.log import Record
 
 from .config import TargetConfig
-from .errors import TargetUnavailableError
+from .errors import SyncConfigurationError, TargetUnavailableError
 
 if TYPE_CHECKING:
     from localbroker import Broker
 
-__all__ = ["PRODUCER_KEY", "Health", "SyncTarget", "redact"]
+__all__ = ["PRODUCER_KEY", "SERVICE_ENV", "Health", "SyncTarget", "choose_service", "redact"]
 
 logger = logging.getLogger("localbroker.sync")
 
 #: Key of the data directory's producer id (a UUID made once): it names this log in the targets.
 PRODUCER_KEY = "sync.producer"
 STATE_PREFIX = "sync.state."
+#: The service name of the whole process, for every target without a ``service`` of its own.
+SERVICE_ENV = "LOCALBROKER_SERVICE"
 
 C = TypeVar("C", bound=TargetConfig)
+
+
+def choose_service(target: SyncTarget[Any], broker: Broker) -> tuple[str, str]:
+    """The service name of ``target`` on ``broker``, and where it comes from.
+
+    Precedence: the target's own ``service`` (keyword, or ``LOCALBROKER_REDIS_SERVICE`` /
+    ``LOCALBROKER_MONGO_SERVICE``); then ``LOCALBROKER_SERVICE``; then the ``service`` given
+    to the broker's other sync targets (a Redis target's ``service="billing"`` names the Mongo
+    documents too); then the data directory's name. Other targets naming different services
+    leave it ambiguous: :class:`SyncConfigurationError`.
+    """
+    if target.config.service:
+        return target.config.service, "its own service option"
+    process_wide = os.environ.get(SERVICE_ENV)
+    if process_wide:
+        return process_wide, SERVICE_ENV
+    named = {
+        other.name: other.config.service
+        for other in broker.extensions
+        if isinstance(other, SyncTarget) and other is not target and other.config.service
+    }
+    if len(set(named.values())) > 1:
+        listed = ", ".join(f"{name}: {service!r}" for name, service in sorted(named.items()))
+        raise SyncConfigurationError(
+            f"{target.name} sync: no service given, and the other sync targets name different "
+            f"ones ({listed}); give {target.name} its own service= (or set {SERVICE_ENV})"
+        )
+    if named:
+        name, service = next(iter(named.items()))
+        return service, f"the service option of the {name} target"
+    return broker.data_dir.resolve().name, "the data directory's name"
 
 
 def redact(url: str) -> str:
@@ -115,7 +148,8 @@ class SyncTarget(abc.ABC, Generic[C]):
         self.cursor = 0
         """Next log offset to send: everything before it is confirmed by the server."""
         self.sent = 0
-        self.service = config.service or os.environ.get("LOCALBROKER_SERVICE") or ""
+        self.service = config.service or ""
+        """Name of this application in the server (set by :meth:`start`, see choose_service)."""
         self.producer = ""
         self._broker: Broker | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -145,7 +179,11 @@ class SyncTarget(abc.ABC, Generic[C]):
         """Send records (in log order) and return once the server confirmed; idempotent."""
 
     async def resume_point(self) -> int | None:
-        """After (re)connecting: the next offset the server already holds, if it knows."""
+        """After (re)connecting: the next offset the server already holds, if it knows.
+
+        Also the heartbeat of an idle mirror (every ``heartbeat_interval``): it must talk to
+        the server, raising :class:`TargetUnavailableError` when it does not answer.
+        """
         return None
 
     async def disconnect(self) -> None:
@@ -166,9 +204,10 @@ class SyncTarget(abc.ABC, Generic[C]):
         Bad configuration raises :class:`SyncConfigurationError`; an unreachable server only
         logs a warning (the broker works without it, and the target catches up later).
         """
+        self.service, source = choose_service(self, broker)
+        logger.info("%s: service %r (from %s)", self.name, self.service, source)
         self._broker = broker
         store = broker.store
-        self.service = self.service or broker.data_dir.resolve().name
         self.producer = await store.get_value(PRODUCER_KEY) or ""
         if not self.producer:
             self.producer = str(uuid.uuid4())
@@ -251,7 +290,13 @@ class SyncTarget(abc.ABC, Generic[C]):
                 records = self._read()
                 if not records:
                     self.health.ok()
-                    await broker.wait_for_append(self.cursor)
+                    try:
+                        async with asyncio.timeout(self.config.heartbeat_interval):
+                            await broker.wait_for_append(self.cursor)
+                    except TimeoutError:
+                        # Idle: look at the server (resume_point) so that "connected" stays
+                        # true only while it answers.
+                        self._resume = True
                     continue
                 await self.send(records)
             except SyncError as exc:
@@ -297,6 +342,7 @@ class SyncTarget(abc.ABC, Generic[C]):
             "name": self.name,
             "kind": self.kind,
             "target": self.describe(),
+            "service": self.service,
             "connected": self.health.connected,
             "mirrors": self.wanted(),
             "cursor": self.cursor,
@@ -310,13 +356,14 @@ class SyncTarget(abc.ABC, Generic[C]):
 
     async def save(self, *, running: bool = True) -> None:
         """Write the cursors and the status to the state store."""
-        store = self.broker.store
-        await store.set_value(
-            STATE_PREFIX + self.name, {"cursor": self.cursor, **self.extra_state()}
-        )
         status = self.status()
         status.update(running=running, updated=time.time(), pid=os.getpid())
-        await store.set_value(SYNC_STATUS_PREFIX + self.name, status)
+        await self.broker.store.set_values(
+            {
+                STATE_PREFIX + self.name: {"cursor": self.cursor, **self.extra_state()},
+                SYNC_STATUS_PREFIX + self.name: status,
+            }
+        )
 
     async def _status_loop(self) -> None:
         while not self.closing:

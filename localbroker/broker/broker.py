@@ -24,12 +24,18 @@ from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
     BrokerConfig,
+    MissingState,
     RetryPolicy,
     StartFrom,
     SubscriberConfig,
     load_config,
 )
-from localbroker.errors import BrokerStateError, ConfigurationError, SerializationError
+from localbroker.errors import (
+    BrokerStateError,
+    ConfigurationError,
+    MissingStateError,
+    SerializationError,
+)
 from localbroker.events import (
     ENVELOPE_FIELDS,
     Event,
@@ -40,7 +46,8 @@ from localbroker.events import (
 from localbroker.log import CommitLog, Record
 from localbroker.log.gaps import GAPS_FILE
 from localbroker.state.event_index import EventIndex, IndexMeta
-from localbroker.state.store import StateStore
+from localbroker.state.retention import HistoryTrimmer
+from localbroker.state.store import StateStore, state_exists
 from localbroker.topics import TopicPattern, validate_topic
 
 __all__ = ["SYNC_STATUS_PREFIX", "Broker", "ColdReader", "Extension", "StatusReporter"]
@@ -166,6 +173,8 @@ class Broker:
         """Set by an extension to serve offsets below the local log's start (see ColdReader)."""
         self._started = False
         self._closed = False
+        # Set when state.db was missing and is recreated: where new subscribers start.
+        self._recreate_from: StartFrom | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
@@ -261,7 +270,11 @@ class Broker:
         await self.close()
 
     async def start(self) -> None:
-        """Open (and recover) the log and the state, then start delivering."""
+        """Open (and recover) the log and the state, then start delivering.
+
+        If anything fails, whatever was opened is released (files, threads, the writer lock)
+        before the error is raised.
+        """
         if self._started:
             return
         if self._closed:
@@ -277,50 +290,75 @@ class Broker:
             segment_max_age=cfg.segment_max_age,
         )
         self._log = await asyncio.to_thread(log.open)
+        self._started = True  # from here on, close() releases whatever was opened
         try:
-            self._store = await StateStore.open(self.data_dir / "state.db")
-            if cfg.index_events:
-                self._index = await EventIndex.open(self.data_dir / "index.db")
-            await self._keep_offsets_unique()
+            await self._open()
         except BaseException:
-            for db in (self._index, self._store):
-                if db is not None:
-                    await db.close()
-            await asyncio.to_thread(log.close)
+            try:
+                await self.close()
+            except Exception:
+                logger.exception("could not close %s after a failed start", self.data_dir)
             raise
-        self.visible_offset = self._log.next_offset
+        logger.info(
+            "broker started on %s: offsets %d..%d, %d subscribers",
+            self.data_dir,
+            self.log.start_offset,
+            self.log.next_offset,
+            len(self._runtimes),
+        )
+
+    async def _open(self) -> None:
+        cfg = self.config
+        log = self.log
+        state_path = self.data_dir / "state.db"
+        if not state_exists(state_path) and log.next_offset > 0:
+            self._recreate_from = self._missing_state(state_path)
+        self._store = await StateStore.open(state_path, create=True)
+        if cfg.index_events:
+            self._index = await EventIndex.open(self.data_dir / "index.db")
+        await self._keep_offsets_unique()
+        self.visible_offset = log.next_offset
         if self._index is not None:
             self._indexer = EventIndexer(self, self._index)
         self._writer = LogWriter(
-            self._log,
+            log,
             fsync=cfg.fsync,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             on_visible=self._on_visible,
             on_appended=self._indexer.feed if self._indexer is not None else None,
         )
         self._writer.start()
-        self._started = True
-        try:
-            # Extensions first: one may provide the cold reader that new subscribers starting
-            # from "earliest" begin with.
-            for extension in self.extensions:
-                await extension.start(self)
-        except BaseException:
-            await self.close()  # release the log lock: the caller gets the extension's error
-            raise
+        # Extensions first: one may provide the cold reader that new subscribers starting
+        # from "earliest" begin with.
+        for extension in self.extensions:
+            await extension.start(self)
         if self._indexer is not None:
             self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
         for subscription in list(self._subscriptions.values()):
             await self._start_subscriber(subscription)
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
         self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
-        logger.info(
-            "broker started on %s: offsets %d..%d, %d subscribers",
-            self.data_dir,
-            self._log.start_offset,
-            self._log.next_offset,
-            len(self._runtimes),
+        if cfg.history_retention is not None:
+            trimmer = HistoryTrimmer(self.store, cfg.history_retention)
+            self._tasks.append(asyncio.create_task(trimmer.run(), name="localbroker-history"))
+
+    def _missing_state(self, state_path: Path) -> StartFrom:
+        """The log holds events but ``state.db`` is gone: refuse, or recreate as configured."""
+        log = self.log
+        choice = self.config.on_missing_state
+        if choice is MissingState.FAIL:
+            raise MissingStateError(self.data_dir, log.start_offset, log.next_offset)
+        logger.warning(
+            "%s was missing although the log holds offsets %d..%d: recreating it "
+            "(on_missing_state=%s). Subscriber positions, the DLQ, the error history and "
+            "extension cursors from before are lost; every subscriber starts at the %s",
+            state_path,
+            log.start_offset,
+            log.next_offset - 1,
+            choice.value,
+            "first event in the log" if choice is MissingState.EARLIEST else "end of the log",
         )
+        return StartFrom(choice.value)
 
     async def close(self) -> None:
         """Stop delivering, write everything buffered, persist positions, close files."""
@@ -328,30 +366,30 @@ class Broker:
             self._closed = True
             return
         self._closed = True
-        for extension in reversed(self.extensions):
-            try:
-                await extension.close()
-            except Exception:
-                logger.exception("extension %r failed to close", extension)
-        # Handlers first (a cancelled one stays in flight and is redelivered after a restart),
-        # so that none publishes into a closed writer; then everything buffered is written.
-        for runtime in self._runtimes.values():
-            await runtime.stop()
-        assert self._writer is not None
-        await self._writer.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._indexer is not None:
-            with contextlib.suppress(Exception):
-                await self._indexer.catch_up()
-        await self._flush(force=True)
-        await self.store.release_subscribers(self._runtimes)
-        await self.store.close()
-        if self._index is not None:
-            await self._index.close()
-        assert self._log is not None
-        await asyncio.to_thread(self._log.close)
+        try:
+            for extension in reversed(self.extensions):
+                try:
+                    await extension.close()
+                except Exception:
+                    logger.exception("extension %r failed to close", extension)
+            # Handlers first (a cancelled one stays in flight and is redelivered after a
+            # restart), so that none publishes into a closed writer; then everything buffered
+            # is written.
+            for runtime in self._runtimes.values():
+                await runtime.stop()
+            if self._writer is not None:
+                await self._writer.close()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._indexer is not None:
+                with contextlib.suppress(Exception):
+                    await self._indexer.catch_up()
+            if self._store is not None:
+                await self._flush(force=True)
+                await self._store.release_subscribers(self._runtimes)
+        finally:
+            await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
 
     async def _keep_offsets_unique(self) -> None:
@@ -389,15 +427,29 @@ class Broker:
                 gap.end,
             )
 
+    async def _close_files(self) -> None:
+        """Close the state, the index and the log (and its writer lock), whatever fails."""
+        for closing in (self._store, self._index):
+            if closing is not None:
+                try:
+                    await closing.close()
+                except Exception:
+                    logger.exception("could not close %r", closing)
+        if self._log is not None:
+            await asyncio.to_thread(self._log.close)
+
     async def _start_subscriber(self, subscription: Subscription) -> None:
         store = self.store
         state = await store.get_subscriber(subscription.name)
         patterns = list(subscription.patterns)
         if state is None:
-            start = await self._start_offset(
-                subscription.config.start_from or self.config.start_from
+            start_from = (
+                self._recreate_from or subscription.config.start_from or self.config.start_from
             )
+            start = await self._start_offset(start_from)
             state = await store.create_subscriber(subscription.name, patterns, start)
+            if self._recreate_from is not None:
+                self._warn_recreated(subscription.name, start)
         elif state.patterns != patterns:
             await store.update_patterns(subscription.name, patterns)
             state.patterns = patterns
@@ -405,6 +457,30 @@ class Broker:
         runtime = SubscriberRuntime(self, subscription, state, restored, self.config)
         self._runtimes[subscription.name] = runtime
         runtime.start()
+
+    def _warn_recreated(self, name: str, start: int) -> None:
+        end = self.log.next_offset
+        if self._recreate_from is StartFrom.LATEST:
+            first = self.first_offset
+            logger.warning(
+                "subscriber %s recreated at the end of the log (offset %d): it skips the %d "
+                "events at offsets %d..%d",
+                name,
+                start,
+                end - first,
+                first,
+                end - 1,
+            )
+        else:
+            logger.warning(
+                "subscriber %s recreated at offset %d: the %d events at offsets %d..%d are "
+                "delivered to it again",
+                name,
+                start,
+                end - start,
+                start,
+                end - 1,
+            )
 
     async def _start_offset(self, start_from: StartFrom | int | datetime) -> int:
         log = self.log

@@ -73,12 +73,14 @@ class DeadLetterQueue:
         store = self._store()
         for request_id, action, args in await store.pending_requests():
             try:
-                result = await self.perform(action, args)
+                # The action and the request's answer are one change: after a crash the
+                # request is either still pending or done, never done twice.
+                async with store.transaction(f"carry out request {request_id} ({action})"):
+                    result = await self.perform(action, args)
+                    await store.finish_request(request_id, ok=True, result=result)
             except Exception as exc:
                 logger.warning("request %d (%s %s) failed: %s", request_id, action, args, exc)
                 await store.finish_request(request_id, ok=False, result=str(exc))
-            else:
-                await store.finish_request(request_id, ok=True, result=result)
 
     async def perform(self, action: str, args: dict[str, Any]) -> builtins.list[int]:
         """Run a queued action; returns the ids of the entries it touched."""

@@ -9,10 +9,15 @@ events that got them (see docs/log-format.md, "Gaps").
 
 from __future__ import annotations
 
+import logging
+
+from localbroker.errors import StateStoreError
 from localbroker.state.event_index import EventIndex
 from localbroker.state.store import StateStore
 
 __all__ = ["ARCHIVE_STATE_KEY", "SYNC_STATE_PREFIX", "handed_out"]
+
+logger = logging.getLogger("localbroker")
 
 #: Key prefix of each sync target's state (``{"cursor": next offset to send, ...}``); the
 #: same as ``localbroker.sync``'s ``STATE_PREFIX``.
@@ -24,7 +29,12 @@ ARCHIVE_STATE_KEY = "archive"
 
 async def handed_out(store: StateStore, index: EventIndex | None) -> dict[str, int]:
     """The next offset each reader of the log recorded, by a name for messages."""
-    found = {f"subscriber {s.name!r}": s.position for s in await store.subscribers()}
+    found: dict[str, int] = {}
+    try:
+        found.update((f"subscriber {s.name!r}", s.position) for s in await store.subscribers())
+    except StateStoreError as exc:
+        # A damaged row stops the start of its own subscriber, with its own message.
+        logger.warning("subscriber positions not compared with the end of the log: %s", exc)
     for key, state in (await store.values(SYNC_STATE_PREFIX)).items():
         if isinstance(state, dict) and isinstance(state.get("cursor"), int):
             found[f"sync target {key[len(SYNC_STATE_PREFIX) :]!r}"] = state["cursor"]

@@ -139,7 +139,8 @@ def _when(value: datetime | None) -> datetime | None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file (default: stdout for jsonl; required for parquet).",
+    help="Output file, which appears only once complete (default: stdout for jsonl; required "
+    "for parquet).",
 )
 @s3_options
 @run
@@ -158,9 +159,10 @@ async def export(
     Example: localbroker export --topic 'order.>' --since 2026-11-01 --format parquet -o orders.parquet --bucket events
     """
     module = _archive_module()
-    from localbroker.archive.export import write_jsonl, write_parquet
+    from localbroker.archive.export import ExportFormat, export_to_file, write_jsonl
 
-    if fmt == "parquet" and output is None:
+    to_stdout = output is None or str(output) == "-"
+    if fmt == "parquet" and to_stdout:
         raise click.UsageError("--format parquet needs --output FILE")
     config = module.load_archive_config(bucket=bucket, prefix=prefix, endpoint_url=endpoint_url)
     reader = module.ArchiveReader(config)
@@ -183,11 +185,11 @@ async def export(
 
     with progress:
         task = progress.add_task("export", total=sum(m.record_count for m in manifests))
-        if fmt == "parquet":
+        if not to_stdout:
             assert output is not None
-            count = write_parquet(events(), str(output))
+            # Written to a temporary file beside it and renamed once complete.
+            count = export_to_file(events(), ExportFormat(fmt), output)
         else:
-            # "-" is standard output, as a binary stream.
-            with click.open_file("-" if output is None else str(output), "wb") as out:
+            with click.open_file("-", "wb") as out:  # standard output, as a binary stream
                 count = write_jsonl(events(), out)
     err_console.print(f"exported {count} events from {len(manifests)} archived segments")

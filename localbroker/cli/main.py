@@ -15,6 +15,7 @@ from localbroker.cli import archive_cmds
 from localbroker.cli.common import data_option, fmt_time, run
 from localbroker.cli.dashboard_cmd import dashboard
 from localbroker.cli.render import chain_tree, subscribers_table
+from localbroker.cli.state_cmds import state_group
 from localbroker.cli.sync_cmds import sync_group
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
@@ -277,6 +278,7 @@ for command in (
     archive_cmds.archive,
     archive_cmds.export,
     dashboard,
+    state_group,
     sync_group,
 ):
     cli.add_command(command)

@@ -36,8 +36,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated     REAL NOT NULL,
     PRIMARY KEY (subscriber, "offset")
 );
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries (updated);  -- history retention
 
--- Every failed try, with its traceback.
+-- Every failed try, with its traceback. Rows of finished deliveries (and their `deliveries`
+-- rows, and resolved or discarded DLQ entries) are deleted after `history_retention`.
 CREATE TABLE IF NOT EXISTS errors (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     subscriber     TEXT NOT NULL,

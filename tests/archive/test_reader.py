@@ -123,6 +123,32 @@ async def test_export_parquet(tmp_path: Path, archive_config: ArchiveConfig) -> 
     assert [json.loads(d)["n"] for d in table.column("data").to_pylist()] == list(range(180))
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+async def test_failed_export_leaves_no_partial_file(
+    tmp_path: Path, archive_config: ArchiveConfig, s3: Any, fmt: str
+) -> None:
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    await archived_history(tmp_path / "data", archive_config)
+    # The last segment is corrupt in S3: the export fails after writing the others' events.
+    last = ArchiveReader(archive_config).manifests()[-1]
+    s3.put_object(Bucket=archive_config.bucket, Key=last.key, Body=b"not the segment")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = await export(archive_config, "--format", fmt, "-o", str(out / f"new.{fmt}"))
+    assert result.exit_code == 1
+    assert f"{last.key}" in result.output
+    assert "corrupt" in result.output
+    assert list(out.iterdir()) == [], "a partial output or a temporary file was left"
+    # A file already there is left as it was.
+    kept = out / f"kept.{fmt}"
+    kept.write_bytes(b"an earlier export")
+    result = await export(archive_config, "--format", fmt, "-o", str(kept))
+    assert result.exit_code == 1
+    assert kept.read_bytes() == b"an earlier export"
+    assert list(out.iterdir()) == [kept]
+
+
 async def test_archive_status_and_run_commands(
     tmp_path: Path, archive_config: ArchiveConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

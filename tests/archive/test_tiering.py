@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localbroker import ArchiveError, Broker, ConfigurationError
+from localbroker import ArchiveError, Broker, ConfigurationError, GenericEvent
 from localbroker.archive import (
     Archive,
     ArchiveAccessError,
@@ -17,7 +19,8 @@ from localbroker.archive import (
     manifest_key,
     segment_key,
 )
-from localbroker.log import scan_segment
+from localbroker.archive.tiering import archive_now
+from localbroker.log import CommitLog, scan_segment
 from tests.archive.helpers import make_broker, object_keys, publish_numbered, sha256_of
 from tests.servers.s3 import S3Server
 from tests.waiting import wait_until
@@ -65,6 +68,38 @@ async def test_upload_writes_segment_and_manifest_with_checksum(
     assert status.archived_segments == len(sealed)
     assert status.archived_until == sealed[-1].next_offset
     assert status.last_error is None
+
+
+async def test_manifest_time_range_is_the_segments_own(
+    tmp_path: Path, archive_config: ArchiveConfig
+) -> None:
+    """Issue 9 item 18: manifests seemed to end at the next segment's first timestamp.
+
+    Batches that straddle a roll give the last record of one segment and the first of the next
+    the same millisecond, so equal neighbours are expected; what must hold is that each
+    manifest describes exactly its own records, whichever way the segment was archived.
+    """
+    data = tmp_path / "data"
+    for _session in range(2):  # the second session finds sealed segments on disk
+        async with Broker(data, segment_bytes=4096) as broker:
+            for n in range(20):
+                batch = [GenericEvent(topic="t.batch", n=n, pad="x" * 40) for _ in range(23)]
+                await broker.publish_many(batch)
+                await asyncio.gather(*(broker.publish("t.one", {"n": n}) for _ in range(9)))
+    uploaded, _deleted = await archive_now(data, archive_config)  # `localbroker archive run`
+    with CommitLog(data / "log", readonly=True) as log:
+        infos = {s.base_offset: s for s in log.segments() if s.sealed}
+    assert [m.base_offset for m in uploaded] == sorted(infos)
+    assert len(uploaded) >= 32
+    for manifest in uploaded:
+        records = list(scan_segment(infos[manifest.base_offset].path))
+        own = (records[0].timestamp, records[-1].timestamp, records[-1].offset + 1)
+        assert (manifest.first_timestamp, manifest.last_timestamp, manifest.next_offset) == own
+        assert infos[manifest.base_offset].last_timestamp == records[-1].timestamp
+    for before, after in itertools.pairwise(uploaded):
+        assert before.last_timestamp is not None
+        assert after.first_timestamp is not None
+        assert before.last_timestamp <= after.first_timestamp
 
 
 async def test_large_segment_goes_up_in_verified_parts(

