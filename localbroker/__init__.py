@@ -21,6 +21,7 @@ from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
 from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.health import Health, Stall, SubscriberHealth
 from localbroker.config import BrokerConfig, FsyncPolicy, MissingState, RetryPolicy, StartFrom
 from localbroker.errors import (
     ArchiveError,
@@ -35,6 +36,7 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
     StateStoreError,
+    SubscriberStalledError,
     SyncError,
 )
 from localbroker.events import Command, Event, GenericEvent, PublishResult
@@ -60,6 +62,7 @@ __all__ = [
     "Extension",
     "FsyncPolicy",
     "GenericEvent",
+    "Health",
     "LocalBrokerError",
     "LogLockedError",
     "MissingExtraError",
@@ -70,9 +73,12 @@ __all__ = [
     "RejectEvent",
     "RetryPolicy",
     "SerializationError",
+    "Stall",
     "StartFrom",
     "StateStoreError",
     "SubscribeOptions",
+    "SubscriberHealth",
+    "SubscriberStalledError",
     "SyncError",
     "chain_scope",
 ]

@@ -18,6 +18,7 @@ from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
 from localbroker.broker.positions import handed_out
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
@@ -35,6 +36,7 @@ from localbroker.errors import (
     ConfigurationError,
     MissingStateError,
     SerializationError,
+    SubscriberStalledError,
 )
 from localbroker.events import (
     ENVELOPE_FIELDS,
@@ -695,6 +697,18 @@ class Broker:
         """
         return {e.name: e.status() for e in self.extensions if isinstance(e, StatusReporter)}
 
+    def health(self) -> Health:
+        """Whether every subscriber can read on, and which offsets the log has lost.
+
+        Example::
+
+            health = broker.health()
+            if not health.ok:
+                for sub in health.stalled:   # e.g. a damaged record in the log
+                    print(sub.name, sub.position, sub.stall.cause)
+        """
+        return Health.of((r.health() for r in self._runtimes.values()), self.log.gaps)
+
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""
         return self._runtimes.get(name)
@@ -715,11 +729,18 @@ class Broker:
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every subscriber has handled (or dead-lettered) everything published.
 
-        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``.
+        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``, and
+        :class:`SubscriberStalledError` as soon as a subscriber cannot read the log on (a
+        damaged record: it would never become idle).
         """
         assert self._idle_event is not None
         async with asyncio.timeout(timeout):
             while not all(r.idle for r in self._runtimes.values()):
+                for runtime in self._runtimes.values():
+                    if runtime.stall is not None:
+                        raise SubscriberStalledError(
+                            runtime.name, runtime.stall.position, runtime.stall.cause
+                        )
                 self._idle_event.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):

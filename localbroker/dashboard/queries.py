@@ -163,10 +163,9 @@ class EventDetail:
 async def event_detail(view: BrokerView, offset: int) -> EventDetail:
     """The event at ``offset`` (NotFoundError when not in the log)."""
     await view.refresh()
-    records = view.read(offset, 1) if offset < view.log.next_offset else []
-    if not records:
+    if offset >= view.log.next_offset:
         raise NotFoundError(f"no event at offset {offset} (the log ends at {view.log.next_offset})")
-    record = records[0]
+    record = view.log.get(offset)
     indexed = index_records([record])[0]
     try:
         envelope: dict[str, Any] | None = decode_envelope(record.payload)

@@ -535,6 +535,19 @@ class CommitLog:
             # What is good before the damage is delivered; the next read starts at it.
         return out
 
+    def get(self, offset: int) -> Record:
+        """The record at ``offset`` itself.
+
+        Raises :class:`NotFoundError` when the log does not hold it (deleted by retention,
+        lost in a recorded gap, past the end) and :class:`CorruptLogError` when it is damaged.
+        """
+        records = self.read(offset, max_records=1)
+        if not records or records[0].offset != offset:
+            lost = next((g for g in self._gaps if g.first <= offset < g.end), None)
+            why = f": it was lost ({lost.reason})" if lost is not None else ""
+            raise NotFoundError(f"offset {offset} is not in the log {self._directory}{why}")
+        return records[0]
+
     def _note_sealed_read(self, seg: Segment) -> None:
         open_sealed = self._open_sealed
         if seg.base_offset in open_sealed:

@@ -10,6 +10,7 @@ import pytest
 
 from localbroker.dashboard import create_app
 from localbroker.state.store import StateStore
+from tests.broker.damage import damage_record, stall_reader, write_notes
 from tests.dashboard.conftest import SCRIPT, Blog, client_for, fill
 
 
@@ -278,6 +279,20 @@ async def test_subscribers_analytics_and_system(filled) -> None:
     assert "sync.redis" in system.text
     assert "position" in system.text
     assert system.text.count("not configured") == 1  # the archive
+
+
+async def test_a_stalled_subscriber_is_shown_with_the_damage_that_stalls_it(
+    tmp_path: Path,
+) -> None:
+    await write_notes(tmp_path)
+    damage = damage_record(tmp_path, 50)
+    await stall_reader(tmp_path)
+    async with client_for(create_app(tmp_path)) as client:
+        page = await client.get("/subscribers")
+    [row] = re.findall(r'<tr data-subscriber="reader" class="stalled">(.*?)</tr>', page.text, re.S)
+    assert "stalled at 50" in row
+    [stall] = re.findall(r'<tr class="stall" data-stalled="reader">(.*?)</tr>', page.text, re.S)
+    assert html.escape(damage.named()) in stall
 
 
 async def test_token_is_required_on_every_request(filled) -> None:

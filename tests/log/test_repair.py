@@ -9,7 +9,7 @@ from pathlib import Path
 import filelock
 import pytest
 
-from localbroker.errors import CorruptLogError, LogLockedError
+from localbroker.errors import CorruptLogError, LogLockedError, NotFoundError
 from localbroker.log import CommitLog, encode_record, verify
 from localbroker.log.gaps import read_gaps
 from localbroker.log.repair import repair
@@ -57,6 +57,9 @@ def test_a_flipped_byte_in_a_sealed_segment_is_cut_out(three_segments: Path) -> 
     with CommitLog(log_dir, **KWARGS) as log:  # type: ignore[arg-type]
         assert [r[0] for r in read_all(log)] == [*range(18), *range(19, 40)]
         assert [r.offset for r in log.read(18, max_records=2)] == [19, 20]
+        with pytest.raises(NotFoundError, match=r"offset 18 is not in the log .*: it was lost"):
+            log.get(18)  # a point lookup never answers with another record
+        assert log.get(19).offset == 19
         assert log.append(batch(40, 1)) == 40
     assert not repair(log_dir).gaps  # nothing left to do
 
