@@ -197,6 +197,7 @@ class CommitLog:
         """
         if self._is_open:
             return self
+        self._checkpoint_offset = -1  # the files may have changed since a previous open
         if not self.readonly:
             self._directory.mkdir(parents=True, exist_ok=True)
             lock = filelock.FileLock(self._directory / LOCK_FILE, thread_local=False)

@@ -12,6 +12,7 @@ import pytest
 from localbroker import Broker, ConfigurationError, CorruptLogError, LogLockedError
 from localbroker.config import load_config
 from localbroker.log import CommitLog
+from tests.broker.damage import reader
 from tests.broker.events import Note
 from tests.waiting import wait_until
 
@@ -70,17 +71,7 @@ async def test_offsets_read_before_the_log_lost_them_are_never_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[int] = []
-
-    def make() -> Broker:
-        broker = Broker(tmp_path, start_from="earliest")
-
-        @broker.subscriber("note.added", name="reader")
-        async def read(event: Note) -> None:
-            seen.append(event.n)
-
-        return broker
-
-    async with make() as broker:
+    async with reader(tmp_path, seen) as broker:
         await broker.publish_many(Note(n=i) for i in range(20))
         await broker.wait_idle()
     # What a power cut can leave with fsync="interval": the last records and the checkpoint
@@ -92,7 +83,7 @@ async def test_offsets_read_before_the_log_lost_them_are_never_reused(
     (tmp_path / "log" / "checkpoint").unlink()
 
     with caplog.at_level(logging.ERROR, logger="localbroker"):
-        async with make() as broker:
+        async with reader(tmp_path, seen) as broker:
             assert "offsets 15..19 (5) were handed out" in caplog.text
             assert "subscriber 'reader' at 20" in caplog.text
             results = await broker.publish_many(Note(n=100 + i) for i in range(3))
