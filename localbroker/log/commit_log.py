@@ -507,7 +507,7 @@ class CommitLog:
         self._require_open()
         segments = self._segments
         end = segments[-1].next_offset if segments else 0
-        if end <= offset <= self._reserved:
+        if end <= offset <= max(end, self._reserved):
             return []  # the end of the log, or a gap the next append will skip
         start = segments[0].base_offset if segments else 0
         if offset < start or offset > end:
@@ -657,12 +657,14 @@ class CommitLog:
                 seg.next_offset = rec.offset + 1
         except RecordError as exc:
             # Usually a write in progress: look again next time. Unless the writer says it
-            # fsynced past it: then it is damage.
+            # fsynced past it: then it is damage. (The checkpoint first, the size after it:
+            # the writer moves the checkpoint only over bytes already in the file.)
             checkpoint = read_checkpoint(self._directory)
             if (
                 checkpoint is not None
                 and checkpoint.segment_base == base
                 and checkpoint.position > exc.position
+                and (not exc.incomplete or os.fstat(fd).st_size < checkpoint.position)
             ):
                 self.damage = CorruptLogError(
                     seg.path, exc.position, exc.reason, offset=seg.next_offset
