@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers.redis import RedisServer
+from tests.servers.redis import NO_FSYNC, RedisServer
 
 PAYLOAD = b'{"id":"01936d5e-0000-7000-8000-000000000000","topic":"bench.event","data":{"n":1,"text":"hello world"}}'
 
@@ -23,7 +23,7 @@ def private_redis() -> Iterator[str | None]:
         yield None
         return
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(binary, Path(tmp))
+        server = RedisServer(binary, Path(tmp), args=NO_FSYNC)
         server.start()
         try:
             yield server.url

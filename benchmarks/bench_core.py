@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import baselines
-from localbroker import Broker, Event
+from localbroker import Broker, Event, RetryPolicy
 from localbroker.log import CommitLog
 
 
@@ -80,6 +80,35 @@ async def end_to_end_rate(data: Path, n: int, subscribers: int) -> float:
             await broker.publish_many([Tick(n=i) for i in range(start, min(n, start + 500))])
         await asyncio.wait_for(done.wait(), 300)
         return n / (time.perf_counter() - started)
+
+
+async def cpu_per_event(data: Path, n: int, *, stuck_head: bool) -> float:
+    """CPU microseconds per event from publish to ack, optionally behind a stuck head.
+
+    The stuck head is an event whose handler failed once and waits an hour for its retry,
+    so that everything behind it stays above the committed offset.
+    """
+    broker = Broker(data, start_from="earliest", retry=RetryPolicy(backoff_initial=3600))
+    remaining = n
+    done = asyncio.Event()
+
+    async def handler(event: Tick) -> None:
+        nonlocal remaining
+        if event.n < 0:
+            raise ValueError("stuck head")
+        remaining -= 1
+        if remaining == 0:
+            done.set()
+
+    broker.subscribe(handler, "bench.tick", name="cpu")
+    async with broker:
+        if stuck_head:
+            await broker.publish(Tick(n=-1))
+        started = time.process_time()
+        for start in range(0, n, 500):
+            await broker.publish_many([Tick(n=i) for i in range(start, min(n, start + 500))])
+        await asyncio.wait_for(done.wait(), 300)
+        return (time.process_time() - started) / n * 1e6
 
 
 async def latency(data: Path, rate: int, seconds: float) -> tuple[float, float]:
@@ -200,6 +229,18 @@ async def run(quick: bool) -> list[dict[str, Any]]:
                 )
             )
             rows.append(row("  (same) vs asyncio.Queue", e2e, "events/s", "asyncio.Queue", queue))
+        free = await cpu_per_event(fresh("cpu-free"), n, stuck_head=False)
+        stuck = await cpu_per_event(fresh("cpu-stuck"), n, stuck_head=True)
+        rows.append(row("CPU per event, publish->handler->ack", free, "us"))
+        rows.append(
+            row(
+                f"  (same) behind a head waiting for its retry ({n:,} events)",
+                stuck,
+                "us",
+                "no stuck head",
+                free,
+            )
+        )
         p50, p99 = await latency(fresh("lat"), 5000, 2 if quick else 5)
         rows.append(row("latency publish->handler p50 at 5k/s", p50, "ms"))
         rows.append(row("latency publish->handler p99 at 5k/s", p99, "ms"))

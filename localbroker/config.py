@@ -169,6 +169,11 @@ class BrokerConfig(BaseSettings):
     on_missing_state: MissingState = MissingState.FAIL
     """What to do when the log holds events but ``state.db`` is missing; see :class:`MissingState`."""
 
+    handler_shutdown_timeout: Annotated[float, Field(ge=0)] = 5.0
+    """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
+    Threads still running then are abandoned with a warning: they cannot be stopped, but they
+    do not keep the process from exiting, and their events are delivered again after a restart."""
+
     @field_validator("segment_max_age", "history_retention", mode="before")
     @classmethod
     def _none_from_environment(cls, value: Any) -> Any:

@@ -15,6 +15,8 @@ On disk an event is one JSON object: the envelope fields plus ``data`` holding t
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -31,6 +33,7 @@ __all__ = [
     "Event",
     "GenericEvent",
     "PublishResult",
+    "check_keys",
     "decode_envelope",
     "encode_event",
     "event_class_for",
@@ -67,7 +70,9 @@ class Event(BaseModel):
     when there is one.
     """
 
-    model_config = ConfigDict(validate_assignment=False)
+    # JSON mode keeps NaN and ±Infinity as floats (pydantic's default turns untyped ones into
+    # None) so that encode_event sees them and refuses them instead of storing null.
+    model_config = ConfigDict(validate_assignment=False, ser_json_inf_nan="constants")
 
     id: str = Field(default_factory=new_event_id)
     """Unique, time-sortable id (UUIDv7)."""
@@ -153,21 +158,99 @@ class PublishResult:
 
 
 def encode_event(event: Event) -> bytes:
-    """The stored JSON envelope of ``event``; raise SerializationError if it cannot be encoded."""
+    """The stored JSON envelope of ``event``; raise SerializationError if it cannot be encoded.
+
+    JSON has no NaN or ±Infinity (orjson would write ``null``) and only string object keys
+    (pydantic would turn ``1`` into ``"1"``): a payload holding either is refused, naming the
+    field, rather than stored as something else. Keys of typed fields (``dict[int, float]``)
+    are converted by pydantic and read back by the same class, so only untyped data (a
+    :class:`GenericEvent`'s payload, extra fields) must use string keys.
+    """
+    extra = event.__pydantic_extra__
+    if extra:
+        check_keys(extra, event)
     try:
         fields = event.model_dump(mode="json")
     except Exception as exc:  # pydantic raises several types for unserialisable values
-        raise SerializationError(
-            f"event {type(event).__name__} ({event.topic}) cannot be serialised: {exc}"
-        ) from exc
+        raise SerializationError(f"{_cannot(event)}: {exc}") from exc
     data = {k: fields.pop(k) for k in list(fields) if k not in ENVELOPE_FIELDS}
-    fields["data"] = data
     try:
-        return orjson.dumps(fields)
+        encoded = orjson.dumps(data)
     except TypeError as exc:
+        raise SerializationError(f"{_cannot(event)}: {exc}") from exc
+    # orjson writes NaN and ±Infinity as null: without a null, there is none to look for.
+    if encoded.find(b"null") >= 0:
+        path = _non_finite(data)
+        if path is not None:
+            raise SerializationError(
+                f"{_cannot(event)}: data{path} is not a finite number; JSON has no NaN or Infinity"
+            )
+    fields["data"] = orjson.Fragment(encoded)
+    return orjson.dumps(fields)
+
+
+def check_keys(data: Any, event: Event | str) -> None:
+    """Raise SerializationError naming the path if a dict in untyped ``data`` has a key that
+    is not a string. ``event`` is the event, or the topic of a payload not yet made one."""
+    found = _non_str_key(data, "data")
+    if found is not None:
+        path, key = found
         raise SerializationError(
-            f"event {type(event).__name__} ({event.topic}) cannot be serialised: {exc}"
-        ) from exc
+            f"{_cannot(event)}: {path} has the non-string key {key!r} "
+            f"({type(key).__name__}); JSON object keys are strings"
+        )
+
+
+def _cannot(event: Event | str) -> str:
+    if isinstance(event, str):
+        return f"event GenericEvent ({event}) cannot be serialised"
+    return f"event {type(event).__name__} ({event.topic}) cannot be serialised"
+
+
+# Values that hold no dict: skipped by one set lookup, the common case of a flat payload.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _non_str_key(value: Any, path: str) -> tuple[str, Any] | None:
+    """Path of the first dict below ``value`` with a non-string key, and that key."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                return path, key
+            if type(item) not in _SCALARS:
+                found = _non_str_key(item, _field_path(path, key))
+                if found is not None:
+                    return found
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            if type(item) not in _SCALARS:
+                found = _non_str_key(item, f"{path}[{i}]")
+                if found is not None:
+                    return found
+    return None
+
+
+def _non_finite(value: Any) -> str | None:
+    """Path below ``value`` (JSON-mode data) to the first NaN or ±Infinity, if any."""
+    if type(value) is float:
+        return None if math.isfinite(value) else ""
+    items: Iterable[tuple[Any, Any]]
+    if type(value) is dict:
+        items = value.items()
+    elif type(value) is list:
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item)
+        if found is not None:
+            step = _field_path("", key) if isinstance(key, str) else f"[{key}]"
+            return step + found
+    return None
+
+
+def _field_path(path: str, key: str) -> str:
+    return f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]"
 
 
 def decode_envelope(payload: bytes) -> dict[str, Any]:

@@ -1,22 +1,32 @@
 """Configuration of the sync targets.
 
 Every option has a documented default and can be set by keyword or through the environment:
-``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig` and ``LOCALBROKER_MONGO_<OPTION>``
-for :class:`MongoStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``).
+``LOCALBROKER_REDIS_<OPTION>`` for :class:`RedisStreamsConfig`, ``LOCALBROKER_MONGO_<OPTION>``
+for :class:`MongoStoreConfig`, ``LOCALBROKER_POSTGRES_<OPTION>`` for
+:class:`PostgresStoreConfig` (for example ``LOCALBROKER_REDIS_URL=redis://host:6379/0``,
+``LOCALBROKER_POSTGRES_DSN=postgresql://app@db/shop``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localbroker.config import RetryPolicy, StartFrom
 
 from .errors import SyncConfigurationError
 
-__all__ = ["MongoStoreConfig", "RedisStreamsConfig", "TargetConfig", "build_config"]
+__all__ = [
+    "MemoryTargetConfig",
+    "MongoStoreConfig",
+    "PostgresStoreConfig",
+    "RedisStreamsConfig",
+    "StoreConfig",
+    "TargetConfig",
+    "build_config",
+]
 
 C = TypeVar("C", bound="TargetConfig")
 
@@ -27,10 +37,10 @@ class TargetConfig(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
 
     url: str
-    """Server URL (``redis://...`` or ``mongodb://...``)."""
+    """Server URL (``redis://...``, ``mongodb://...``; PostgreSQL's is ``dsn``)."""
     name: str | None = None
-    """Name of this target in status output and state keys (default: ``redis`` / ``mongo``);
-    give one when a broker has two targets of the same kind."""
+    """Name of this target in status output and state keys (default: its kind, ``redis``,
+    ``mongo``, ``postgres``, ``memory``); give one when a broker has two targets of a kind."""
     service: str | None = None
     """Name of this application (service): the Redis consumer group, and a field of every
     mirrored entry and document. Default: ``LOCALBROKER_SERVICE``, else the ``service`` given
@@ -88,7 +98,14 @@ class RedisStreamsConfig(TargetConfig):
     among this many last records of the log are remembered."""
 
 
-class MongoStoreConfig(TargetConfig):
+class StoreConfig(TargetConfig):
+    """Options every event store (MongoDB, PostgreSQL) has."""
+
+    poll_interval: Annotated[float, Field(gt=0)] = 0.5
+    """Seconds between two looks for new errors, DLQ changes and subscriber stats."""
+
+
+class MongoStoreConfig(StoreConfig):
     """Options of :class:`~localbroker.sync.MongoStore`."""
 
     model_config = SettingsConfigDict(env_prefix="LOCALBROKER_MONGO_", extra="forbid", frozen=True)
@@ -111,8 +128,47 @@ class MongoStoreConfig(TargetConfig):
     """Seconds one write may take (the write concern's ``wtimeout`` and the socket timeout)
     before it counts as failed and is retried: a hung server or missing replicas show up as a
     failure in the status instead of a silent stall."""
-    poll_interval: Annotated[float, Field(gt=0)] = 0.5
-    """Seconds between two looks for new errors, DLQ changes and subscriber stats."""
+
+
+class PostgresStoreConfig(StoreConfig):
+    """Options of :class:`~localbroker.sync.PostgresStore`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOCALBROKER_POSTGRES_", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    url: str = Field(validation_alias=AliasChoices("dsn", "LOCALBROKER_POSTGRES_DSN", "url"))
+    """The connection string (``dsn``, environment ``LOCALBROKER_POSTGRES_DSN``), as libpq
+    takes it: ``postgresql://user:password@host:5432/dbname`` or ``host=... dbname=...``."""
+    db_schema: str = "public"
+    """Schema of the tables (``events``, ``errors``, ``dlq``, ``subscribers``); created if it
+    does not exist. Give each application sharing a database its own if you like."""
+    events_ttl: Annotated[float, Field(gt=0)] | None = None
+    """Delete events this many seconds after they were stored (``stored_at``, not the event's
+    own ``time``), in batches every ``retention_interval``; ``None``: keep them forever."""
+    retention_interval: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds between two rounds of deleting expired events (with ``events_ttl``)."""
+    retention_batch: Annotated[int, Field(ge=1)] = 10_000
+    """Events deleted by one statement (one short transaction each), so that a large
+    expiry never holds long locks."""
+    synchronous_commit: Literal["on", "remote_write", "remote_apply"] = "on"
+    """The ``synchronous_commit`` of the mirror's connection: a batch counts as stored (and the
+    cursor moves past it) only once its commit is flushed to the server's WAL (``on``, the
+    default), and with replicas, also written (``remote_write``) or applied
+    (``remote_apply``) there. Values that would let a crash of the server lose a confirmed
+    commit (``off``, ``local`` with replicas) are refused."""
+    write_timeout: Annotated[float, Field(gt=0)] = 30.0
+    """Seconds one statement may take (``statement_timeout``) before it counts as failed and is
+    retried: a hung server shows up as a failure in the status, not a silent stall."""
+
+
+class MemoryTargetConfig(TargetConfig):
+    """Options of :class:`~localbroker.sync.MemoryTarget` (``LOCALBROKER_MEMORY_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALBROKER_MEMORY_", extra="forbid", frozen=True)
+
+    url: str = "memory://"
+    """Not used: the server is the :class:`~localbroker.sync.MemoryServer` given."""
 
 
 def build_config(cls: type[C], **options: Any) -> C:

@@ -33,9 +33,7 @@ the new rule says).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,15 +43,14 @@ from pymongo import AsyncMongoClient, ReplaceOne, UpdateOne
 from pymongo import errors as merr
 from pymongo.write_concern import WriteConcern
 
-from localbroker.broker.subscriber import histogram_quantile
-from localbroker.errors import SerializationError, SyncError
-from localbroker.events import decode_envelope
+from localbroker.errors import SyncError
 from localbroker.log import Record
 from localbroker.state.store import DLQEntry, ErrorRecord
 
 from .config import MongoStoreConfig, build_config
 from .errors import SyncConfigurationError, TargetUnavailableError
-from .target import SyncTarget, logger, redact
+from .store import StoreTarget
+from .target import logger, redact
 
 __all__ = ["MongoStore"]
 
@@ -78,15 +75,11 @@ def mongo_errors(where: str) -> Iterator[None]:
         raise SyncError(f"{where}: {exc}") from exc
 
 
-def _when(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
-
-
 #: A write of one document (an upsert keyed by ``_id``).
 Op = ReplaceOne[dict[str, Any]] | UpdateOne
 
 
-class MongoStore(SyncTarget[MongoStoreConfig]):
+class MongoStore(StoreTarget[MongoStoreConfig]):
     """Sync target: every event, failed try, DLQ entry and subscriber's stats in MongoDB.
 
     Example::
@@ -128,14 +121,6 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
         self.errors = self.db[prefix + "errors"]
         self.dlq = self.db[prefix + "dlq"]
         self.subscribers = self.db[prefix + "subscribers"]
-        self.errors_after = 0
-        """Id of the last failed try (errors table) stored in Mongo."""
-        self.dlq_since = 0.0
-        """``updated`` time of the last DLQ change stored in Mongo."""
-        self._dlq_sent_at_since: dict[int, float] = {}
-        self._stats_sent: dict[str, dict[str, Any]] = {}
-        self.errors_sent = 0
-        self.dlq_sent = 0
         self._indexes_made = False
 
     def describe(self) -> str:
@@ -222,26 +207,8 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
             [("stored_at", pymongo.ASCENDING)], expireAfterSeconds=seconds
         )
 
-    async def start(self, broker: Any) -> None:
-        await super().start(broker)
-        self.spawn(self._state_loop, "errors-dlq-stats")
-
     async def disconnect(self) -> None:
         await self.client.close()
-
-    async def load_state(self, state: dict[str, Any]) -> None:
-        self.errors_after = int(state.get("errors_after", 0))
-        self.dlq_since = float(state.get("dlq_since", 0.0))
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"errors_after": self.errors_after, "dlq_since": self.dlq_since}
-
-    def extra_status(self) -> dict[str, Any]:
-        return {
-            "errors_cursor": self.errors_after,
-            "errors_sent": self.errors_sent,
-            "dlq_sent": self.dlq_sent,
-        }
 
     async def resume_point(self) -> int | None:
         with mongo_errors(self.describe()):
@@ -254,30 +221,13 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
     # -- events ------------------------------------------------------------------------------
 
     async def send(self, records: list[Record]) -> None:
-        ops: list[Op] = []
         now = datetime.now(UTC)
-        for record in records:
-            try:
-                envelope = decode_envelope(record.payload)
-            except SerializationError as exc:
-                logger.error("%s: skipping offset %d: %s", self.name, record.offset, exc)
-                continue
-            doc = {
-                "topic": envelope["topic"],
-                "key": envelope.get("key"),
-                "time": datetime.fromisoformat(envelope["time"]),
-                "version": envelope.get("version", 1),
-                "correlation_id": envelope.get("correlation_id"),
-                "causation_id": envelope.get("causation_id"),
-                "headers": envelope.get("headers") or {},
-                "data": envelope.get("data") or {},
-                "service": self.service,
-                "producer": self.producer,
-                "offset": record.offset,
-            }
+        ops: list[Op] = []
+        for offset, envelope in self.envelopes(records):
+            doc = self.event_row(offset, envelope)
             # stored_at only on insert: a resend after a crash changes nothing, its TTL included.
             update = {"$set": doc, "$setOnInsert": {"stored_at": now}}
-            ops.append(UpdateOne({"_id": envelope["id"]}, update, upsert=True))
+            ops.append(UpdateOne({"_id": doc.pop("id")}, update, upsert=True))
         await self._bulk(self.events, ops)
 
     async def _bulk(self, collection: Any, ops: Sequence[Op]) -> None:
@@ -288,90 +238,18 @@ class MongoStore(SyncTarget[MongoStoreConfig]):
 
     # -- errors, DLQ, stats ------------------------------------------------------------------
 
-    async def _state_loop(self) -> None:
-        while not self.closing:
-            try:
-                await self.sync_state()
-            except SyncError as exc:
-                await self.retry_after_failure(exc)
-                continue
-            await asyncio.sleep(self.config.poll_interval)
+    async def write_errors(self, errors: list[ErrorRecord]) -> None:
+        await self._replace(self.errors, [self.local_row(e) for e in errors])
 
-    async def sync_state(self) -> None:
-        """Send new failed tries, DLQ changes and changed subscriber stats."""
-        store = self.broker.store
-        while True:
-            errors = await store.errors_after(self.errors_after, limit=self.config.batch_size)
-            if not errors:
-                break
-            await self._bulk(self.errors, [self._error_op(e) for e in errors])
-            self.errors_after = errors[-1].id
-            self.errors_sent += len(errors)
-        while True:
-            changed = [
-                e
-                for e in await store.dlq_updated_since(self.dlq_since, limit=self.config.batch_size)
-                if self._dlq_sent_at_since.get(e.id) != e.updated
-            ]
-            if not changed:
-                break
-            await self._bulk(self.dlq, [self._dlq_op(e) for e in changed])
-            last = changed[-1].updated
-            if last != self.dlq_since:
-                self._dlq_sent_at_since.clear()
-            self.dlq_since = last
-            self._dlq_sent_at_since.update((e.id, e.updated) for e in changed)
-            self.dlq_sent += len(changed)
-        await self._send_stats()
+    async def write_dlq(self, entries: list[DLQEntry]) -> None:
+        await self._replace(self.dlq, [self.local_row(e) for e in entries])
 
-    def _error_op(self, e: ErrorRecord) -> ReplaceOne[dict[str, Any]]:
-        doc = dataclasses.asdict(e)
-        local_id = doc.pop("id")
-        doc.update(
-            _id=f"{self.producer}:{local_id}",
-            local_id=local_id,
-            time=_when(e.time),
-            service=self.service,
-            producer=self.producer,
-        )
-        return ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
+    async def _replace(self, collection: Any, rows: list[dict[str, Any]]) -> None:
+        """Upsert each row as a document with ``_id`` = its ``id``."""
+        docs = [{"_id": row.pop("id"), **row} for row in rows]
+        await self._bulk(collection, [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs])
 
-    def _dlq_op(self, e: DLQEntry) -> ReplaceOne[dict[str, Any]]:
-        doc = dataclasses.asdict(e)
-        local_id = doc.pop("id")
-        doc.pop("attempts")  # every try is in the errors collection
-        doc.update(
-            _id=f"{self.producer}:{local_id}",
-            local_id=local_id,
-            dead_at=_when(e.dead_at),
-            updated=_when(e.updated),
-            service=self.service,
-            producer=self.producer,
-        )
-        return ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
-
-    async def _send_stats(self) -> None:
-        broker = self.broker
-        ops = []
-        sent = {}
-        for s in await broker.store.subscribers():
-            stats = {
-                "name": s.name,
-                "patterns": s.patterns,
-                "committed": s.committed,
-                "lag": max(0, broker.visible_offset - s.committed),
-                "processed": s.processed,
-                "failures": s.failures,
-                "dead": s.dead,
-                "handler_p50": histogram_quantile(s.handler_hist, 0.5),
-                "handler_p99": histogram_quantile(s.handler_hist, 0.99),
-                "service": self.service,
-                "producer": self.producer,
-            }
-            if self._stats_sent.get(s.name) == stats:
-                continue
-            sent[s.name] = stats
-            doc = {**stats, "_id": f"{self.producer}:{s.name}", "updated": datetime.now(UTC)}
-            ops.append(ReplaceOne({"_id": doc["_id"]}, doc, upsert=True))
-        await self._bulk(self.subscribers, ops)
-        self._stats_sent.update(sent)
+    async def write_stats(self, stats: list[dict[str, Any]]) -> None:
+        now = datetime.now(UTC)
+        rows = [{**s, "id": f"{self.producer}:{s['name']}", "updated": now} for s in stats]
+        await self._replace(self.subscribers, rows)

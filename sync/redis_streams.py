@@ -13,7 +13,6 @@ Inbound: see :mod:`localbroker.sync.redis_inbound`.
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Any
 
@@ -21,8 +20,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from localbroker.errors import SerializationError
-from localbroker.events import decode_envelope
 from localbroker.log import Record
 
 from .config import RedisStreamsConfig, build_config
@@ -32,8 +29,6 @@ from .stream_format import entry_fields, is_from_redis
 from .target import SyncTarget, redact
 
 __all__ = ["RedisStreams"]
-
-logger = logging.getLogger("localbroker.sync")
 
 
 class RedisStreams(SyncTarget[RedisStreamsConfig]):
@@ -148,16 +143,8 @@ class RedisStreams(SyncTarget[RedisStreamsConfig]):
 
     def _outgoing(self, records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
         """``(offset, envelope)`` of the records to send (not those that came from Redis)."""
-        out = []
-        for record in records:
-            try:
-                envelope = decode_envelope(record.payload)
-            except SerializationError as exc:
-                logger.error("%s: skipping offset %d: %s", self.name, record.offset, exc)
-                continue
-            if not is_from_redis(envelope):  # never send an event back where it came from
-                out.append((record.offset, envelope))
-        return out
+        # Never send an event back where it came from.
+        return [(o, e) for o, e in self.envelopes(records) if not is_from_redis(e)]
 
     async def send(self, records: list[Record]) -> None:
         outgoing = self._outgoing(records)

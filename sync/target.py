@@ -23,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from localbroker.broker.broker import SYNC_STATUS_PREFIX
 from localbroker.config import StartFrom
-from localbroker.errors import BrokerStateError, NotFoundError, SyncError
+from localbroker.errors import BrokerStateError, NotFoundError, SerializationError, SyncError
+from localbroker.events import decode_envelope
 from localbroker.log import Record
 
 from .config import TargetConfig
@@ -49,7 +50,7 @@ def choose_service(target: SyncTarget[Any], broker: Broker) -> tuple[str, str]:
     """The service name of ``target`` on ``broker``, and where it comes from.
 
     Precedence: the target's own ``service`` (keyword, or ``LOCALBROKER_REDIS_SERVICE`` /
-    ``LOCALBROKER_MONGO_SERVICE``); then ``LOCALBROKER_SERVICE``; then the ``service`` given
+    ``LOCALBROKER_MONGO_SERVICE`` / ``LOCALBROKER_POSTGRES_SERVICE``); then ``LOCALBROKER_SERVICE``; then the ``service`` given
     to the broker's other sync targets (a Redis target's ``service="billing"`` names the Mongo
     documents too); then the data directory's name. Other targets naming different services
     leave it ambiguous: :class:`SyncConfigurationError`.
@@ -155,6 +156,7 @@ class SyncTarget(abc.ABC, Generic[C]):
         self._tasks: list[asyncio.Task[None]] = []
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=10)
         self._resume = True
+        self._cursor_moved = asyncio.Event()
         self.closing = False
         """Set by :meth:`close`: loops stop at their next turn."""
 
@@ -286,6 +288,7 @@ class SyncTarget(abc.ABC, Generic[C]):
                     at = await self.resume_point()
                     if at is not None and at > self.cursor:
                         self.cursor = min(at, broker.visible_offset)
+                        self._cursor_moved.set()
                     self._resume = False
                 records = self._read()
                 if not records:
@@ -305,6 +308,39 @@ class SyncTarget(abc.ABC, Generic[C]):
             self.health.ok()
             self.cursor = records[-1].offset + 1
             self.sent += len(records)
+            self._cursor_moved.set()
+
+    async def wait_mirrored(self, timeout: float = 30.0) -> None:
+        """Wait until the server confirmed every event that the log held when called.
+
+        Raises :class:`TimeoutError` naming the target, its cursor and what it waits for when
+        that takes longer than ``timeout`` seconds (the server is down, say). A target that
+        does not mirror the log (``outbound=False``) returns at once.
+        """
+        if not self.wanted():
+            return
+        end = self.broker.visible_offset
+        try:
+            async with asyncio.timeout(timeout):
+                while self.cursor < end:
+                    self._cursor_moved.clear()
+                    await self._cursor_moved.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.name}: after {timeout} s, {self.describe()} has confirmed events up to "
+                f"offset {self.cursor} of {end} (last error: {self.health.last_error})"
+            ) from None
+
+    def envelopes(self, records: list[Record]) -> list[tuple[int, dict[str, Any]]]:
+        """``(offset, envelope)`` of ``records``; a record that does not decode is logged as
+        an ERROR naming its offset and skipped (retrying cannot make it decode)."""
+        out = []
+        for record in records:
+            try:
+                out.append((record.offset, decode_envelope(record.payload)))
+            except SerializationError as exc:
+                logger.error("%s: skipping offset %d: %s", self.name, record.offset, exc)
+        return out
 
     def _read(self) -> list[Record]:
         broker = self.broker

@@ -42,24 +42,40 @@ def declared() -> dict[str, set[str]]:
     return out
 
 
+def asked_extras() -> dict[str, set[str]]:
+    """The extras pyproject.toml asks of its dependencies: ``psycopg[binary]`` gives
+    ``{"psycopg": {"binary"}}`` (what pip installs besides the package itself)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"].values()
+    reqs = [*project["dependencies"], *(req for reqs in extras for req in reqs)]
+    out: dict[str, set[str]] = {}
+    for req in map(Requirement, reqs):
+        if req.extras and canonicalize_name(req.name) != "localbroker":
+            out.setdefault(canonicalize_name(req.name), set()).update(req.extras)
+    return out
+
+
 def closure(names: set[str]) -> set[str]:
-    """``names`` and every distribution they require (markers evaluated, no extras)."""
-    seen: set[str] = set()
-    todo = list(names)
+    """``names`` and every distribution they require (markers evaluated, with the extras
+    asked of each: those of pyproject.toml for ``names``, then those of each requirement)."""
+    asked = asked_extras()
+    seen: set[tuple[str, str]] = set()
+    todo = [(name, extra) for name in names for extra in ("", *asked.get(name, ()))]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, extra = todo.pop()
+        if (name, extra) in seen:
             continue
-        seen.add(name)
+        seen.add((name, extra))
         try:
             requires = md.requires(name) or []
         except md.PackageNotFoundError:
             continue  # reported by the tests that need it
         for raw in requires:
             req = Requirement(raw)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(canonicalize_name(req.name))
-    return seen
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                required = canonicalize_name(req.name)
+                todo.extend((required, inner) for inner in ("", *req.extras))
+    return {name for name, _ in seen}
 
 
 def installable(*extras: str) -> set[str]:

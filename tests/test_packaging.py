@@ -45,6 +45,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("redis",)
     if module.startswith("localbroker.sync.mongo"):
         return ("mongo",)
+    if module.startswith("localbroker.sync.postgres"):
+        return ("postgres",)
     return ()
 
 
@@ -91,7 +93,7 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("s3",), ("dashboard",)],
+    [(), ("redis",), ("mongo",), ("postgres",), ("s3",), ("dashboard",)],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:
@@ -140,6 +142,7 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("import localbroker.archive", "s3"),
         ("from localbroker.sync import RedisStreams", "redis"),
         ("from localbroker.sync import MongoStore", "mongo"),
+        ("from localbroker.sync import PostgresStore", "postgres"),
         ("import localbroker.dashboard", "dashboard"),
     ],
 )

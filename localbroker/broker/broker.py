@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +45,7 @@ from localbroker.events import (
     Event,
     GenericEvent,
     PublishResult,
+    check_keys,
     encode_event,
 )
 from localbroker.log import CommitLog, Record
@@ -57,6 +60,7 @@ __all__ = ["SYNC_STATUS_PREFIX", "Broker", "ColdReader", "Extension", "StatusRep
 logger = logging.getLogger("localbroker")
 
 F = TypeVar("F", bound=Handler)
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -177,6 +181,16 @@ class Broker:
         self._closed = False
         # Set when state.db was missing and is recreated: where new subscribers start.
         self._recreate_from: StartFrom | None = None
+        self._closing: asyncio.Task[None] | None = None
+        # The broker's own blocking work (opening and closing the log, rolling it, scanning it
+        # for chains) runs here, never in the event loop's default executor, which the
+        # application may fill with work of its own.
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
+        # The task that started the broker, and what a handler raised to stop the application
+        # (SystemExit, KeyboardInterrupt): see _handler_raised_exit.
+        self._owner: asyncio.Task[Any] | None = None
+        self._handler_exit: BaseException | None = None
+        self._owner_cancelled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
@@ -284,6 +298,7 @@ class Broker:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._owner = asyncio.current_task()
         self._append_event = asyncio.Event()
         self._idle_event = asyncio.Event()
         log = CommitLog(
@@ -291,7 +306,7 @@ class Broker:
             segment_bytes=cfg.segment_bytes,
             segment_max_age=cfg.segment_max_age,
         )
-        self._log = await asyncio.to_thread(log.open)
+        self._log = await self._blocking(log.open)
         self._started = True  # from here on, close() releases whatever was opened
         try:
             await self._open()
@@ -363,11 +378,33 @@ class Broker:
         return StartFrom(choice.value)
 
     async def close(self) -> None:
-        """Stop delivering, write everything buffered, persist positions, close files."""
-        if not self._started or self._closed:
+        """Stop delivering, write everything buffered, persist positions, close files.
+
+        Plain ``def`` handlers still running get ``handler_shutdown_timeout`` seconds, then
+        are abandoned with a warning. Calling it again, or while it runs, waits for the same
+        close. If a handler raised ``SystemExit`` or ``KeyboardInterrupt``, the task that
+        started the broker gets that exception from here (so from ``async with broker:``).
+        """
+        if not self._started:
             self._closed = True
             return
-        self._closed = True
+        closing = self._closing or self._begin_close()
+        # Shielded: the application and a handler's SystemExit may both wait for this close,
+        # and one of them being cancelled must not cut it short half way.
+        await asyncio.shield(closing)
+        exc = self._handler_exit
+        if exc is not None and asyncio.current_task() is self._owner:
+            self._handler_exit = None  # raised once
+            if self._owner_cancelled and self._owner is not None:
+                self._owner.uncancel()  # our cancel() is answered by this exception
+            raise exc
+
+    def _begin_close(self) -> asyncio.Task[None]:
+        self._closed = True  # from now on publish() refuses
+        self._closing = asyncio.create_task(self._close(), name="localbroker-close")
+        return self._closing
+
+    async def _close(self) -> None:
         try:
             for extension in reversed(self.extensions):
                 try:
@@ -377,8 +414,8 @@ class Broker:
             # Handlers first (a cancelled one stays in flight and is redelivered after a
             # restart), so that none publishes into a closed writer; then everything buffered
             # is written.
-            for runtime in self._runtimes.values():
-                await runtime.stop()
+            timeout = self.config.handler_shutdown_timeout
+            await asyncio.gather(*(r.stop(timeout) for r in self._runtimes.values()))
             if self._writer is not None:
                 await self._writer.close()
             for task in self._tasks:
@@ -438,7 +475,52 @@ class Broker:
                 except Exception:
                     logger.exception("could not close %r", closing)
         if self._log is not None:
-            await asyncio.to_thread(self._log.close)
+            await self._blocking(self._log.close)
+        # Only the broker's own short work runs there (never handlers), and it is all done by
+        # now: joining the idle threads is immediate, and leaves none behind.
+        self._io.shutdown(wait=True)
+
+    def _handler_raised_exit(self, subscriber: str, event_id: str, exc: BaseException) -> None:
+        """A handler raised SystemExit or KeyboardInterrupt: stop the broker, then the app.
+
+        The broker closes at once (positions saved; the try was recorded as failed). The
+        exception then reaches the application the way asyncio.run delivers Ctrl-C: the task
+        that started the broker is cancelled, and its ``close()`` (``async with broker:``)
+        raises the exception in place of the CancelledError. With no such task left, the
+        exception is raised out of the event loop once closed, as asyncio does with a
+        SystemExit raised in a task.
+        """
+        if self._closing is not None:
+            return  # already closing: the application is on its way out
+        logger.error(
+            "subscriber %s: handler raised %r on event %s; closing the broker and stopping "
+            "the application (the try counts as failed)",
+            subscriber,
+            exc,
+            event_id,
+        )
+        self._handler_exit = exc
+        for runtime in self._runtimes.values():
+            runtime.halt()  # now, not once the close task runs: no other handler starts
+        closing = self._begin_close()
+        owner = self._owner
+        if owner is not None and not owner.done():
+            self._owner_cancelled = True
+            owner.cancel(msg=f"localbroker: a handler of {subscriber} raised {exc!r}")
+        else:
+            self._owner = None
+
+            def stop_loop(closing: asyncio.Task[None]) -> None:
+                # Done callbacks run from the event loop itself, which lets SystemExit and
+                # KeyboardInterrupt through: run_forever() ends with it.
+                raise exc
+
+            closing.add_done_callback(stop_loop)
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the broker's own threads (see ``_io``)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, functools.partial(fn, *args))
 
     async def _start_subscriber(self, subscription: Subscription) -> None:
         store = self.store
@@ -498,7 +580,7 @@ class Broker:
                     f"({first}..{log.next_offset})"
                 )
             return start_from
-        return await asyncio.to_thread(self._offset_at_time, start_from)
+        return await self._blocking(self._offset_at_time, start_from)
 
     def _offset_at_time(self, when: datetime) -> int:
         """First offset whose append time is at or after ``when``."""
@@ -599,9 +681,12 @@ class Broker:
                     f"payload for {event!r} uses envelope field names {sorted(clash)}; "
                     "pass them as keywords or rename them"
                 )
-            event = GenericEvent(
-                topic=validate_topic(event), key=key, headers=headers or {}, **(data or {})
-            )
+            topic = validate_topic(event)
+            try:
+                event = GenericEvent(topic=topic, key=key, headers=headers or {}, **(data or {}))
+            except TypeError:
+                check_keys(data, topic)  # "keywords must be strings": name the key instead
+                raise
         elif isinstance(event, Event):
             if data is not None:
                 raise SerializationError(
@@ -724,18 +809,25 @@ class Broker:
         if self._indexer is not None:
             await self._indexer.catch_up()
         await self._flush()  # the chain shows delivery states as of now
-        return await build_chain(correlation_id, store=self.store, index=self._index, log=self.log)
+        return await build_chain(
+            correlation_id, store=self.store, index=self._index, log=self.log, executor=self._io
+        )
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every subscriber has handled (or dead-lettered) everything published.
 
-        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``, and
+        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``;
+        :class:`BrokerStateError` once the broker is closed (by a handler's ``SystemExit``, say);
         :class:`SubscriberStalledError` as soon as a subscriber cannot read the log on (a
         damaged record: it would never become idle).
         """
         assert self._idle_event is not None
         async with asyncio.timeout(timeout):
             while not all(r.idle for r in self._runtimes.values()):
+                if self._closing is not None:
+                    raise BrokerStateError(
+                        f"the broker on {self.data_dir} was closed while waiting for it to be idle"
+                    ) from self._handler_exit
                 for runtime in self._runtimes.values():
                     if runtime.stall is not None:
                         raise SubscriberStalledError(
@@ -772,7 +864,7 @@ class Broker:
                 # An idle log still rolls its active segment by age, so that the segment
                 # becomes sealed (and archivable, and removable by retention) on time.
                 try:
-                    await asyncio.to_thread(self.log.roll_if_due)
+                    await self._blocking(self.log.roll_if_due)
                 except Exception:
                     logger.exception("could not roll the active segment")
 

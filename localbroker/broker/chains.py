@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 import aiosqlite
@@ -135,9 +136,17 @@ def _state(
 
 
 async def build_chain(
-    correlation_id: str, *, store: StateStore, index: EventIndex | None, log: CommitLog
+    correlation_id: str,
+    *,
+    store: StateStore,
+    index: EventIndex | None,
+    log: CommitLog,
+    executor: Executor | None = None,
 ) -> Chain:
-    """The chain of ``correlation_id`` from the index, plus any events the index has not seen yet."""
+    """The chain of ``correlation_id`` from the index, plus any events the index has not seen yet.
+
+    The log is scanned in ``executor`` (default: the event loop's).
+    """
     events: list[IndexedEvent] = []
     scan_from = log.start_offset
     if index is not None:
@@ -148,7 +157,9 @@ async def build_chain(
     seen = {e.offset for e in events}
     events.extend(
         e
-        for e in await asyncio.to_thread(_scan, log, scan_from, correlation_id)
+        for e in await asyncio.get_running_loop().run_in_executor(
+            executor, _scan, log, scan_from, correlation_id
+        )
         if e.offset not in seen
     )
     if not events:

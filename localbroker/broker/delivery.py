@@ -31,6 +31,24 @@ class Delivery:
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
+class HandlerCall:
+    """One try of a handler: the task awaiting it and its ack deadline (internal bookkeeping).
+
+    The subscriber's ack watchdog cancels ``task`` once ``deadline`` (loop time) has passed.
+    One object per try, so that a late ``extend()`` from the thread of an abandoned try can
+    never touch the deadline of a later one.
+    """
+
+    __slots__ = ("deadline", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[None], deadline: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        """Loop time by which the handler must have returned (``inf`` until it starts)."""
+        self.expired = False
+        """Set by the watchdog when it cancelled ``task`` for being past the deadline."""
+
+
 class DeliveryContext:
     """Second, optional parameter of a handler: the delivery's attempt and history.
 
@@ -45,9 +63,8 @@ class DeliveryContext:
 
     __slots__ = (
         "_ack_timeout",
-        "_deadlines",
+        "_call",
         "_loop",
-        "_task",
         "attempt",
         "envelope",
         "offset",
@@ -64,8 +81,7 @@ class DeliveryContext:
         previous_errors: list[str],
         envelope: dict[str, Any],
         ack_timeout: float,
-        deadlines: dict[asyncio.Task[None], float],
-        task: asyncio.Task[None],
+        call: HandlerCall,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.subscriber = subscriber
@@ -79,8 +95,7 @@ class DeliveryContext:
         self.envelope = envelope
         """The stored envelope (id, topic, time, key, chain ids, headers, data)."""
         self._ack_timeout = ack_timeout
-        self._deadlines = deadlines
-        self._task = task
+        self._call = call
         self._loop = loop
 
     def extend(self, seconds: float | None = None) -> None:
@@ -89,9 +104,9 @@ class DeliveryContext:
         Safe to call from a plain ``def`` handler running in a thread.
         """
         delay = self._ack_timeout if seconds is None else seconds
-        # loop.time() is monotonic and a dict item assignment is atomic: safe from a thread.
-        if self._task in self._deadlines:
-            self._deadlines[self._task] = self._loop.time() + delay
+        # loop.time() is monotonic and an attribute assignment is atomic: safe from a thread.
+        # After the try ended the call is no longer watched, and this changes nothing.
+        self._call.deadline = self._loop.time() + delay
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

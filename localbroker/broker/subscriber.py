@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import logging
 import math
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from localbroker.broker.context import enter_handler, leave_handler
-from localbroker.broker.delivery import Delivery, DeliveryContext, HandlerSpec
+from localbroker.broker.delivery import (
+    Delivery,
+    DeliveryContext,
+    Handler,
+    HandlerCall,
+    HandlerSpec,
+)
 from localbroker.broker.health import Stall, SubscriberHealth
+from localbroker.broker.threads import HandlerThreads
 from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
 from localbroker.errors import (
     CorruptLogError,
@@ -119,7 +128,10 @@ class SubscriberRuntime:
             *cfg.dont_retry,
         )
         self.position = state.committed  # re-read everything not committed: in flight before
+        # Finished offsets above the committed one, so that a delivery finished before a
+        # restart is not handed out again; pruned below the committed offset now and then.
         self.done: set[int] = set(state.done)
+        self._prune_done_at = 4 * self.max_in_flight
         # Deliveries above the committed offset that failed before a restart: keep counting
         # their tries, and never redeliver one that was finished (handled or dead-lettered).
         self._tries: dict[int, int] = {}
@@ -137,8 +149,14 @@ class SubscriberRuntime:
         self._space = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
-        self._deadlines: dict[asyncio.Task[None], float] = {}  # running handler -> ack deadline
-        self._expired: set[asyncio.Task[None]] = set()
+        self._calls: set[HandlerCall] = set()  # tries running now, watched by _ack_timer
+        # Plain def handlers run in threads of the subscriber's own, never in the event loop's
+        # default executor: a hung one must not hold back other subscribers or the broker.
+        self.threads = (
+            None
+            if subscription.handler.is_async
+            else HandlerThreads(self.name, subscription.config.concurrency)
+        )
         self._redelivery_check = asyncio.Event()
         self._redelivery_check.set()
         self._checking_redeliveries = False
@@ -162,14 +180,39 @@ class SubscriberRuntime:
                 asyncio.create_task(self._worker(), name=f"localbroker-handler-{self.name}-{i}")
             )
 
-    async def stop(self) -> None:
-        """Stop delivering. Deliveries not finished stay in flight and are redelivered on restart."""
+    async def stop(self, thread_timeout: float) -> None:
+        """Stop delivering. Deliveries not finished stay in flight and are redelivered on restart.
+
+        Plain ``def`` handlers still running in threads get ``thread_timeout`` seconds to
+        return; threads still running then are abandoned with a warning (daemon threads: they
+        do not keep the process from exiting).
+        """
+        self.halt()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.threads is not None:
+            self.threads.shutdown(wait=False, cancel_futures=True)
+            running = [asyncio.wrap_future(f) for f in self.threads.running()]
+            if running:
+                _, hung = await asyncio.wait(running, timeout=thread_timeout)
+                if hung:
+                    for future in hung:
+                        future.cancel()  # stop listening; the thread itself cannot be stopped
+                    logger.warning(
+                        "subscriber %s: %d plain def handler thread(s) still running %.1f s "
+                        "after close began; abandoned (their events are delivered again "
+                        "after a restart)",
+                        self.name,
+                        len(hung),
+                        thread_timeout,
+                    )
+
+    def halt(self) -> None:
+        """Start no more handlers: cancel the tasks and timers (``stop()`` waits for them)."""
         for timer in self._timers:
             timer.cancel()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
 
     def snapshot(self) -> SubscriberState:
         """The state to persist now."""
@@ -350,10 +393,25 @@ class SubscriberRuntime:
         task = asyncio.current_task()
         assert task is not None
         while True:
+            if task.cancelling():
+                # stop() cancelled this task but a handler caught the CancelledError and
+                # returned: end here, or stop() would wait for this worker forever.
+                raise asyncio.CancelledError
             delivery = await self.ready.get()
             self.running += 1
             try:
                 await self._deliver(delivery, task)
+            except Exception:
+                # The handler's outcome could not be recorded (the state store failed): the
+                # delivery stays in flight and is tried again, and this worker goes on.
+                logger.exception(
+                    "subscriber %s: could not record the outcome of offset %d; "
+                    "trying it again in %.0f s",
+                    self.name,
+                    delivery.offset,
+                    READ_RETRY_DELAY,
+                )
+                self._requeue(delivery, READ_RETRY_DELAY)
             finally:
                 self.running -= 1
 
@@ -369,10 +427,10 @@ class SubscriberRuntime:
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
-            for task, deadline in list(self._deadlines.items()):
-                if deadline <= now and task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
+            for call in list(self._calls):
+                if call.deadline <= now and not call.expired:
+                    call.expired = True
+                    call.task.cancel()
 
     async def _deliver(self, d: Delivery, task: asyncio.Task[None]) -> None:
         spec = self.sub.handler
@@ -381,8 +439,15 @@ class SubscriberRuntime:
         loop = asyncio.get_running_loop()
         token = enter_handler(envelope["id"], envelope.get("correlation_id"))
         started = time.perf_counter()
-        self._deadlines[task] = loop.time() + self.ack_timeout
+        # A def handler's ack timer starts when a thread takes it up, not while it waits for
+        # one (behind a hung handler): waiting must not burn its tries.
+        call = HandlerCall(
+            task, loop.time() + self.ack_timeout if self.threads is None else math.inf
+        )
+        self._calls.add(call)
+        job: Future[None] | None = None
         error: BaseException | None = None
+        stops_app = False
         try:
             if "_bad" in envelope:
                 raise SerializationError(envelope["_bad"])
@@ -396,38 +461,56 @@ class SubscriberRuntime:
                     previous_errors=list(d.errors),
                     envelope=envelope,
                     ack_timeout=self.ack_timeout,
-                    deadlines=self._deadlines,
-                    task=task,
+                    call=call,
                     loop=loop,
                 )
                 args = (event, context)
-            if spec.is_async:
+            if self.threads is None:
                 await spec.fn(*args)  # type: ignore[misc]
             else:
-                await asyncio.to_thread(spec.fn, *args)
+                # In a copy of this context, so events the handler publishes join the chain.
+                run = contextvars.copy_context().run
+                job = self.threads.submit(
+                    run, _call_in_thread, loop, call, self.ack_timeout, spec.fn, args
+                )
+                await asyncio.wrap_future(job)
         except asyncio.CancelledError as exc:
-            if task not in self._expired:
+            if task.cancelling() > call.expired:
                 raise  # the broker is stopping: the delivery stays in flight
-            error = exc
-        except Exception as exc:
+            error = exc  # the ack watchdog's, or the handler's own (a failed try)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            error, stops_app = exc, True
+        except BaseException as exc:  # GeneratorExit and the like too: a failed try
             error = exc
         finally:
-            del self._deadlines[task]
+            self._calls.discard(call)
             leave_handler(token)
-        timed_out = task in self._expired
+        timed_out = call.expired
         if timed_out:
-            self._expired.discard(task)
             task.uncancel()
             if error is None or isinstance(error, asyncio.CancelledError):
                 error = TimeoutError(f"handler did not finish within {self.ack_timeout}s")
+            if job is not None and job.running():
+                logger.warning(
+                    "subscriber %s: a plain def handler is still running after ack_timeout "
+                    "(event %s); a thread cannot be cancelled, so it holds one of the "
+                    "subscriber's %d handler threads until it returns",
+                    self.name,
+                    envelope["id"],
+                    self.sub.config.concurrency,
+                )
         elapsed = time.perf_counter() - started
         hist = self.state.handler_hist
         bucket = histogram_bucket(elapsed)
         hist[bucket] = hist.get(bucket, 0) + 1
         if error is None:
             await self._succeeded(d, attempt)
-        else:
-            await self._failed(d, attempt, error, timed_out=timed_out)
+            return
+        # A handler's SystemExit stops the application: count the try (so an event that does
+        # it every time reaches the DLQ after max_tries runs), but do not run it again here.
+        await self._failed(d, attempt, error, timed_out=timed_out, retry=not stops_app)
+        if stops_app:
+            self.broker._handler_raised_exit(self.name, envelope["id"], error)
 
     async def _succeeded(self, d: Delivery, attempt: int) -> None:
         if d.tries:
@@ -436,7 +519,7 @@ class SubscriberRuntime:
         self._finish(d)
 
     async def _failed(
-        self, d: Delivery, attempt: int, error: BaseException, *, timed_out: bool
+        self, d: Delivery, attempt: int, error: BaseException, *, timed_out: bool, retry: bool
     ) -> None:
         envelope = d.envelope
         if timed_out:
@@ -482,8 +565,11 @@ class SubscriberRuntime:
         if dead:
             self.state.dead += 1
             self._finish(d)
-            return
-        delay = self.retry.delay(attempt)
+        elif retry:
+            self._requeue(d, self.retry.delay(attempt))
+
+    def _requeue(self, d: Delivery, delay: float) -> None:
+        """Hand ``d`` to a worker again after ``delay`` seconds (it keeps its key meanwhile)."""
         if delay <= 0:
             self.ready.put_nowait(d)
             return
@@ -496,16 +582,37 @@ class SubscriberRuntime:
         handle = asyncio.get_running_loop().call_later(delay, requeue)
         self._timers.add(handle)
 
+    def _prune_done(self) -> None:
+        committed = self._committed()
+        self.done = {o for o in self.done if o >= committed}
+        # Prune again only once the set has doubled: while a delivery waits at the head (a
+        # retry backing off for up to 30 s), everything finished behind it must be kept, and
+        # a rebuild per finished delivery made each one cost O(events behind the head). With
+        # the doubling, a rebuild of n offsets follows at least n/2 additions: O(1) amortised.
+        self._prune_done_at = max(4 * self.max_in_flight, 2 * len(self.done))
+
     def _finish(self, d: Delivery) -> None:
         if d.dlq_id is not None:
             self.redelivering.pop(d.offset, None)
         else:
             self.pending.pop(d.offset, None)
             self.done.add(d.offset)
-            if len(self.done) > 4 * self.max_in_flight:
-                committed = self._committed()
-                self.done = {o for o in self.done if o >= committed}
+            if len(self.done) >= self._prune_done_at:
+                self._prune_done()
         self._release_key(d)
         self.dirty = True
         self._space.set()
         self.broker._delivery_finished()
+
+
+def _call_in_thread(
+    loop: asyncio.AbstractEventLoop,
+    call: HandlerCall,
+    ack_timeout: float,
+    fn: Handler,
+    args: tuple[Any, ...],
+) -> None:
+    """Run a plain def handler in its thread, starting its ack timer now."""
+    # loop.time() is monotonic and an attribute assignment is atomic: safe from a thread.
+    call.deadline = loop.time() + ack_timeout
+    fn(*args)

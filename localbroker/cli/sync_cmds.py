@@ -1,7 +1,8 @@
-"""``localbroker sync ...``: the status of the sync targets (Redis Streams, MongoDB).
+"""``localbroker sync ...``: the status of the sync targets (Redis Streams, MongoDB, PostgreSQL,
+memory, ...).
 
 Reads what the targets persist in ``state.db``, so it works beside a running broker and needs
-neither the ``redis`` nor the ``mongo`` extra.
+none of the targets' extras.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ STALE_SECONDS = 5.0
 
 @click.group("sync")
 def sync_group() -> None:
-    """Status of the mirrors to Redis Streams and MongoDB.
+    """Status of the sync targets (Redis Streams, MongoDB, PostgreSQL, ...).
 
     Example: localbroker sync status --data ./data
     """

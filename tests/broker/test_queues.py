@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import types
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from localbroker import Broker, DeliveryContext, RetryPolicy
+from localbroker.broker import subscriber as subscriber_module
 from tests.broker.events import Note
 from tests.broker.test_delivery import make_broker
 from tests.waiting import wait_until
@@ -226,3 +230,59 @@ async def test_dlq_retry_is_kept_for_a_subscriber_not_running(tmp_path: Path) ->
     async with broker3:
         await broker3.wait_idle()
     assert got == [5]
+
+
+async def _lines_per_delivery_behind_stuck_head(path: Path, behind: int, measured: int) -> float:
+    """Lines of subscriber.py executed per delivery, with ``behind`` events finished behind a
+    head that waits for its retry (an hour of backoff): counted, not timed."""
+    # No position flush during the count: its cost is per interval, not per delivery.
+    broker = make_broker(
+        path,
+        retry=RetryPolicy(backoff_initial=3600),
+        max_in_flight=100,
+        state_flush_interval=3600,
+    )
+
+    @broker.subscriber("note.added", name="behind")
+    async def handler(event: Note) -> None:
+        if event.n == -1:
+            raise ValueError("the head waits an hour for its retry")
+
+    async def publish(count: int) -> None:
+        for start in range(0, count, 1000):
+            await broker.publish_many([Note(n=i) for i in range(start, min(count, start + 1000))])
+
+    lines = 0
+
+    def count_lines(frame: types.FrameType, event: str, arg: object) -> Any:
+        nonlocal lines
+        if event == "line":
+            lines += 1
+        return count_lines
+
+    def trace_subscriber(frame: types.FrameType, event: str, arg: object) -> Any:
+        return count_lines if frame.f_code.co_filename == subscriber_module.__file__ else None
+
+    async with broker:
+        runtime = broker.runtime("behind")
+        assert runtime is not None
+        await broker.publish(Note(n=-1))
+        await wait_until(lambda: runtime.state.failures == 1, what="the head's first failure")
+        await publish(behind)
+        await wait_until(lambda: runtime.state.processed == behind, what="the events behind")
+        sys.settrace(trace_subscriber)  # the event loop's thread only
+        try:
+            await publish(measured)
+            await wait_until(lambda: runtime.state.processed == behind + measured)
+        finally:
+            sys.settrace(None)
+        assert runtime._committed() == 0, "the head moved: nothing was measured behind it"
+    return lines / measured
+
+
+async def test_a_stuck_head_costs_each_delivery_behind_it_the_same(tmp_path: Path) -> None:
+    # Rebuilding the done-set on every finished delivery made each one cost O(events behind
+    # the head): x4 the work with 4x as many events behind it.
+    few = await _lines_per_delivery_behind_stuck_head(tmp_path / "few", 2000, 500)
+    many = await _lines_per_delivery_behind_stuck_head(tmp_path / "many", 8000, 500)
+    assert many < 1.5 * few, f"{few:.0f} lines per delivery with 2000 behind, {many:.0f} with 8000"

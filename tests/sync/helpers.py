@@ -31,16 +31,21 @@ async def publish_n(broker: Broker, topic: str, n: int, start: int = 0) -> list[
     return ids
 
 
-def log_ids(data_dir: Path) -> list[str]:
-    """Event ids of the whole log of ``data_dir``, in log order."""
-    ids: list[str] = []
+def log_envelopes(data_dir: Path) -> list[dict[str, Any]]:
+    """Every envelope of the log of ``data_dir``, with its ``offset``, in log order."""
+    out: list[dict[str, Any]] = []
     with CommitLog(data_dir / "log", readonly=True) as log:
         offset = log.start_offset
         while offset < log.next_offset:
             records = log.read(offset, max_records=10_000)
-            ids.extend(orjson.loads(r.payload)["id"] for r in records)
+            out.extend({**orjson.loads(r.payload), "offset": r.offset} for r in records)
             offset = records[-1].offset + 1
-    return ids
+    return out
+
+
+def log_ids(data_dir: Path) -> list[str]:
+    """Event ids of the whole log of ``data_dir``, in log order."""
+    return [envelope["id"] for envelope in log_envelopes(data_dir)]
 
 
 async def invoke(*args: str) -> Result:

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 
 from localbroker import Broker, ConfigurationError
-from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError, from_env
-from tests.servers.ports import free_port
+from localbroker.sync import (
+    MongoStore,
+    PostgresStore,
+    RedisStreams,
+    SyncConfigurationError,
+    from_env,
+)
 from tests.servers.redis import RedisServer
-from tests.sync.conftest import FAST
-from tests.sync.helpers import invoke, publish_n, stream_ids
-from tests.waiting import wait_until
+from tests.sync.helpers import invoke
 
 
 @pytest.mark.parametrize(
@@ -31,6 +29,11 @@ from tests.waiting import wait_until
         (lambda: MongoStore("postgres://localhost"), "cannot use URL"),
         # Unacknowledged writes would let the cursor move past events the server never stored.
         (lambda: MongoStore("mongodb://h/", write_concern=0), "write_concern"),
+        (lambda: PostgresStore("mongodb://h/x"), "cannot use DSN"),
+        (lambda: PostgresStore("host=h port=5432 dbname"), "cannot use DSN"),
+        # A server that crashes would lose commits the mirror counted as stored.
+        (lambda: PostgresStore("postgresql://h/x", synchronous_commit="off"), "synchronous_commit"),
+        (lambda: PostgresStore(), "dsn: Field required"),
     ],
 )
 def test_unusable_options_raise_at_construction(make, needle: str) -> None:
@@ -72,63 +75,6 @@ async def test_wrong_credentials_fail_start(
     assert "wrong" not in str(info.value)  # the password is not shown
 
 
-@pytest.mark.redis
-async def test_unreachable_at_start_then_catches_up(
-    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    binary = RedisServer.binary_path()
-    assert binary is not None or pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path / "late-redis", port=free_port())
-    target = RedisStreams(server.url, connect_timeout=0.3, **FAST)
-    with caplog.at_level(logging.WARNING, logger="localbroker.sync"):
-        async with Broker(data_dir, sync=[target]) as broker:
-            ids = await publish_n(broker, "late.start", 50)  # publish does not wait for Redis
-            status = broker.sync_status()["redis"]
-            assert status["connected"] is False
-            assert status["backlog"] == 50
-            assert status["last_error"]
-            server.start()
-            try:
-                await wait_until(lambda: target.status()["backlog"] == 0, what="catch up")
-                client = redis.Redis.from_url(server.url)
-                assert stream_ids(client, "events:late.start") == ids
-                client.close()
-            finally:
-                server.stop()
-    assert sum("failed" in r.getMessage() for r in caplog.records) == 1
-
-
-@pytest.mark.redis
-async def test_cli_sync_status(data_dir: Path, redis_server: RedisServer) -> None:
-    target = RedisStreams(redis_server.url, **FAST)
-    async with Broker(data_dir, sync=[target]) as broker:
-        await publish_n(broker, "cli.status", 30)
-        await wait_until(lambda: target.status()["backlog"] == 0)
-        await target.save()
-        # From another process, beside the running broker:
-        script = Path(sys.executable).parent / "localbroker"
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [str(script), "sync", "status", "--data", str(data_dir), "--json"],
-            capture_output=True,
-            check=True,
-        )
-        status = json.loads(result.stdout)["redis"]
-        assert status["connected"] is True
-        assert status["running"] is True
-        assert status["cursor"] == 30
-        assert status["backlog"] == 0
-        table = await invoke("sync", "status", "--data", str(data_dir))
-        assert "connected" in table.output
-    # Events published while no target runs show up as backlog.
-    async with Broker(data_dir) as broker:
-        await publish_n(broker, "cli.status", 5)
-    result = await invoke("sync", "status", "--data", str(data_dir), "--json")
-    status = json.loads(result.output)["redis"]
-    assert status["backlog"] == 5
-    assert status["running"] is False
-
-
 async def test_no_sync_configured_needs_no_server(data_dir: Path) -> None:
     async with Broker(data_dir) as broker:
         await broker.publish("a.b", {})
@@ -144,9 +90,13 @@ def test_targets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCALBROKER_REDIS_INBOUND_TOPICS", '["payment.done"]')
     monkeypatch.setenv("LOCALBROKER_MONGO_URL", "mongodb://db:27017/shop")
     monkeypatch.setenv("LOCALBROKER_MONGO_EVENTS_TTL", "3600")
-    redis_target, mongo_target = from_env()
+    monkeypatch.setenv("LOCALBROKER_POSTGRES_DSN", "postgresql://app:secret@db:5433/shop")
+    monkeypatch.setenv("LOCALBROKER_POSTGRES_DB_SCHEMA", "billing")
+    redis_target, mongo_target, postgres_target = from_env()
     assert isinstance(redis_target, RedisStreams)
     assert redis_target.config.inbound_topics == ("payment.done",)
     assert isinstance(mongo_target, MongoStore)
     assert mongo_target.config.events_ttl == 3600
     assert mongo_target.db.name == "shop"
+    assert isinstance(postgres_target, PostgresStore)
+    assert postgres_target.describe() == "postgres db:5433/shop schema billing"  # no password

@@ -1,10 +1,9 @@
-"""MongoDB event store: events, failed tries, DLQ entries and stats, through outages and crashes."""
+"""MongoDB event store: the sync target contract, and what only Mongo has (indexes, TTL, service precedence with Redis)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,59 +11,65 @@ import pymongo
 import pytest
 import redis
 
-from localbroker import Broker, GenericEvent, RetryPolicy
+from localbroker import Broker, GenericEvent
 from localbroker.sync import MongoStore, RedisStreams, SyncConfigurationError
 from tests.servers.mongo import MongoServer
 from tests.servers.redis import RedisServer
 from tests.sync.conftest import FAST
-from tests.sync.helpers import cli_sync_status, log_ids, publish_n
+from tests.sync.contract import Backend, SyncTargetContract
+from tests.sync.helpers import publish_n
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.mongo
 
 
 def store_for(server: MongoServer, db: Any, **options: Any) -> MongoStore:
-    return MongoStore(server.url, database=db.name, poll_interval=0.05, **FAST, **options)
+    return MongoStore(server.url, database=db.name, **{**FAST, "poll_interval": 0.05, **options})
 
 
-async def test_events_errors_dlq_land_with_indexes(
-    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
-) -> None:
-    target = store_for(mongo_server, mongo_db, events_ttl=86400)
-    broker = Broker(data_dir, sync=[target], max_tries=2, retry=RetryPolicy.immediate())
+class MongoBackend(Backend):
+    has_state = True
+    time_resolution = timedelta(milliseconds=1)  # BSON dates
 
-    @broker.subscriber("order.placed", name="billing", start_from="earliest")
-    async def bill(event: Any) -> None:
-        if event.payload()["n"] == 3:
-            raise ValueError("card declined")
+    def __init__(self, server: MongoServer, db: Any) -> None:
+        self.server = server
+        self.db_name = db.name
 
-    async with broker:
-        ids = await publish_n(broker, "order.placed", 10)
-        await broker.wait_idle()
-        await wait_until(
-            lambda: target.status()["backlog"] == 0 and target.dlq_sent >= 1
-            and mongo_db.subscribers.count_documents({"processed": 9}) == 1,
-            what="events, DLQ entry and stats in Mongo",
-        )  # fmt: skip
-        (entry,) = await broker.dlq.list()
-        await broker.dlq.discard(entry.id)
-        await wait_until(lambda: mongo_db.dlq.find_one({"status": "discarded"}) is not None)
+    def target(self, **options: Any) -> MongoStore:
+        return MongoStore(self.server.url, database=self.db_name, **{**FAST, **options})
 
-    events = list(mongo_db.events.find().sort("offset"))
-    assert [e["_id"] for e in events] == ids
-    assert events[3]["data"] == {"n": 3}
-    assert events[3]["topic"] == "order.placed"
-    assert events[3]["correlation_id"] == ids[3]
-    errors = list(mongo_db.errors.find().sort("attempt"))
-    assert [(e["event_id"], e["attempt"], e["subscriber"]) for e in errors] == [
-        (ids[3], 1, "billing"),
-        (ids[3], 2, "billing"),
-    ]
-    assert "card declined" in errors[0]["traceback"]
-    (dlq,) = list(mongo_db.dlq.find())
-    assert dlq["event_id"] == ids[3]
-    assert dlq["status"] == "discarded"
-    assert dlq["tries"] == 2
+    def child_target(self, **options: Any) -> tuple[str, dict[str, Any]]:
+        return "MongoStore", {"url": self.server.url, "database": self.db_name, **options}
+
+    def _find(self, collection: str) -> list[dict[str, Any]]:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            self.server.url, tz_aware=True
+        )
+        with client:
+            return list(client[self.db_name][collection].find())
+
+    def events(self) -> list[dict[str, Any]]:
+        return [{**doc, "id": doc.pop("_id")} for doc in self._find("events")]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._find("errors")
+
+    def dlq(self) -> list[dict[str, Any]]:
+        return self._find("dlq")
+
+    def stats(self) -> list[dict[str, Any]]:
+        return self._find("subscribers")
+
+
+class TestMongoContract(SyncTargetContract):
+    @pytest.fixture
+    def backend(self, mongo_server: MongoServer, mongo_db: Any) -> MongoBackend:
+        return MongoBackend(mongo_server, mongo_db)
+
+
+async def test_indexes(data_dir: Path, mongo_server: MongoServer, mongo_db: Any) -> None:
+    async with Broker(data_dir, sync=[store_for(mongo_server, mongo_db, events_ttl=86400)]):
+        pass
 
     def index_keys(collection: Any) -> list[Any]:
         return [info["key"] for info in collection.index_information().values()]
@@ -78,97 +83,6 @@ async def test_events_errors_dlq_land_with_indexes(
     assert [("event_id", 1)] in index_keys(mongo_db.errors)
     assert [("topic", 1), ("time", 1)] in index_keys(mongo_db.errors)
     assert [("status", 1), ("subscriber", 1)] in index_keys(mongo_db.dlq)
-
-
-async def test_outage_loses_nothing_and_resend_duplicates_nothing(
-    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
-) -> None:
-    target = store_for(mongo_server, mongo_db, connect_timeout=0.5)
-    async with Broker(data_dir, sync=[target]) as broker:
-        before = await publish_n(broker, "mongo.outage", 200)
-        await wait_until(lambda: target.status()["backlog"] == 0)
-        mongo_server.stop()
-        during = await publish_n(broker, "mongo.outage", 2_000, start=200)
-        await wait_until(lambda: not target.status()["connected"], what="outage noticed")
-        mongo_server.start()
-        await wait_until(lambda: target.status()["backlog"] == 0, what="catch up", timeout=30)
-    assert mongo_db.events.count_documents({}) == 2_200
-    # A crash before the cursor was saved: everything is sent again, and nothing doubles.
-    async with Broker(data_dir) as broker:
-        await broker.store.set_value("sync.state.mongo", {"cursor": 0})
-    target = store_for(mongo_server, mongo_db)
-    async with Broker(data_dir, sync=[target]) as broker:
-        await wait_until(lambda: target.status()["backlog"] == 0 and target.sent == 2_200)
-    docs = list(mongo_db.events.find({}, {"_id": 1}).sort("offset"))
-    assert [d["_id"] for d in docs] == before + during
-
-
-async def test_idle_mirror_notices_an_outage(data_dir: Path, private_mongo: MongoServer) -> None:
-    server = private_mongo
-    target = MongoStore(
-        server.url, database="idle", connect_timeout=0.5, heartbeat_interval=0.1, **FAST
-    )
-    async with Broker(data_dir, sync=[target]) as broker:
-        await publish_n(broker, "mongo.idle", 5)
-        await wait_until(lambda: target.status()["backlog"] == 0 and target.status()["connected"])
-        await asyncio.to_thread(server.kill)  # nothing is published from now on
-        await wait_until(lambda: not target.status()["connected"], what="the outage noticed")
-        assert target.status()["last_error"]
-        await asyncio.to_thread(server.start)
-        await wait_until(lambda: target.status()["connected"], what="reconnect")
-
-
-@pytest.mark.slow
-async def test_kill_9_of_mongod_loses_no_event(data_dir: Path, private_mongo: MongoServer) -> None:
-    server = private_mongo
-    target = MongoStore(server.url, database="kill9", connect_timeout=0.5, batch_size=50, **FAST)
-    async with Broker(data_dir, sync=[target]) as broker:
-        stop = asyncio.Event()
-
-        async def produce() -> None:
-            n = 0
-            while not stop.is_set():
-                await publish_n(broker, "mongo.kill", 10, start=n)
-                n += 10
-                await asyncio.sleep(0.002)  # a producer's pace, so the mirror sends small batches
-
-        producer = asyncio.create_task(produce())
-        try:
-            for _kill in range(3):
-                sent = target.sent
-                await wait_until(
-                    lambda s=sent: target.sent >= s + 300 and target.status()["connected"],
-                    what="the mirror sending",
-                )
-                await asyncio.to_thread(server.kill)
-                await wait_until(
-                    lambda: not target.status()["connected"] and target.status()["backlog"] > 0,
-                    what="the outage in the status",
-                )
-
-                async def cli_sees_outage() -> bool:
-                    status = (await cli_sync_status(data_dir))["mongo"]
-                    return status["running"] and not status["connected"] and status["backlog"] > 0
-
-                await wait_until(cli_sees_outage, what="the outage in `sync status`")
-                await asyncio.to_thread(server.start)
-                await wait_until(lambda: target.status()["connected"], what="reconnect")
-        finally:
-            stop.set()
-            await producer
-        await wait_until(
-            lambda: target.status()["backlog"] == 0, what="the mirror to catch up", timeout=60
-        )
-    ids = log_ids(data_dir)
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(server.url)
-    try:
-        stored = Counter(d["_id"] for d in client.kill9.events.find({}, {"_id": 1}))
-    finally:
-        client.close()
-    missing = [i for i in ids if i not in stored]
-    assert not missing, f"{len(missing)} of {len(ids)} events never reached Mongo"
-    assert sorted(stored) == sorted(ids)
-    assert set(stored.values()) == {1}
 
 
 @pytest.mark.redis
@@ -229,42 +143,39 @@ async def test_service_left_ambiguous_fails_start(
 
 
 async def test_ttl_counts_from_storage_not_from_the_events_own_time(
-    data_dir: Path, private_mongo: MongoServer
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
 ) -> None:
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-        private_mongo.url, tz_aware=True
-    )
-    db = client.ttl
+    admin = mongo_db.client.admin
 
     def ttl_passes() -> int:
-        return int(client.admin.command("serverStatus")["metrics"]["ttl"]["passes"])
+        return int(admin.command("serverStatus")["metrics"]["ttl"]["passes"])
 
     async def mirror(ttl: float, *events: GenericEvent) -> list[str]:
-        target = MongoStore(private_mongo.url, database="ttl", events_ttl=ttl, **FAST)
+        target = store_for(mongo_server, mongo_db, events_ttl=ttl)
         async with Broker(data_dir, sync=[target]) as broker:
             ids = [r.id for r in await broker.publish_many(events)]
-            await wait_until(lambda: target.status()["backlog"] == 0, what="mirrored")
+            await target.wait_mirrored()
         return ids
 
-    try:
-        # An event that came in from elsewhere, dated long ago, and one of now: a day's TTL.
-        dated_2020 = datetime(2020, 1, 1, tzinfo=UTC)
-        old, new = await mirror(
-            86400, GenericEvent(topic="ttl.x", time=dated_2020), GenericEvent(topic="ttl.x")
-        )
-        passes = ttl_passes()
-        await wait_until(lambda: ttl_passes() >= passes + 2, what="two passes of the TTL monitor")
-        doc = db.events.find_one({"_id": old})
-        assert doc is not None, "an event dated 2020 was expired as soon as it was stored"
-        assert doc["time"] == dated_2020
-        assert doc["stored_at"] > dated_2020
-        assert db.events.find_one({"_id": new}) is not None
-        # A TTL of one second (the index is changed in place) counts from storage as well: an
-        # event dated in 2100 goes, with the others.
-        await mirror(1, GenericEvent(topic="ttl.x", time=datetime(2100, 1, 1, tzinfo=UTC)))
-        await wait_until(lambda: db.events.count_documents({}) == 0, what="expiry", timeout=30)
-    finally:
-        client.close()
+    # An event that came in from elsewhere, dated long ago, and one of now: a day's TTL.
+    dated_2020 = datetime(2020, 1, 1, tzinfo=UTC)
+    old, new = await mirror(
+        86400, GenericEvent(topic="ttl.x", time=dated_2020), GenericEvent(topic="ttl.x")
+    )
+    passes = ttl_passes()
+    await wait_until(lambda: ttl_passes() >= passes + 2, what="two passes of the TTL monitor")
+    events = mongo_db.with_options(
+        codec_options=mongo_db.codec_options.with_options(tz_aware=True)
+    ).events
+    doc = events.find_one({"_id": old})
+    assert doc is not None, "an event dated 2020 was expired as soon as it was stored"
+    assert doc["time"] == dated_2020
+    assert doc["stored_at"] > dated_2020
+    assert events.find_one({"_id": new}) is not None
+    # A TTL of one second (the index is changed in place) counts from storage as well: an
+    # event dated in 2100 goes, with the others.
+    await mirror(1, GenericEvent(topic="ttl.x", time=datetime(2100, 1, 1, tzinfo=UTC)))
+    await wait_until(lambda: events.count_documents({}) == 0, what="expiry", timeout=30)
 
 
 async def test_ttl_index_of_older_versions_is_replaced(
@@ -291,26 +202,18 @@ async def test_ttl_index_of_older_versions_is_replaced(
     assert ttl_keys() == []
 
 
-async def test_unreachable_at_start_then_indexes_and_events(
-    data_dir: Path, private_mongo: MongoServer
+async def test_indexes_are_made_once_a_server_unreachable_at_start_is_back(
+    data_dir: Path, mongo_server: MongoServer, mongo_db: Any
 ) -> None:
-    private_mongo.stop()
-    target = MongoStore(
-        private_mongo.url, database="late", events_ttl=60, connect_timeout=0.3, **FAST
-    )
+    await asyncio.to_thread(mongo_server.stop)
+    target = store_for(mongo_server, mongo_db, events_ttl=60, connect_timeout=0.3)
     async with Broker(data_dir, sync=[target]) as broker:
-        ids = await publish_n(broker, "late.start", 20)
+        await publish_n(broker, "late.start", 20)
         assert not target.status()["connected"]
-        await asyncio.to_thread(private_mongo.start)
-        await wait_until(lambda: target.status()["backlog"] == 0, what="catch up")
-    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(private_mongo.url)
-    try:
-        db = client.late
-        assert sorted(d["_id"] for d in db.events.find({}, {"_id": 1})) == sorted(ids)
-        ttl = [i for i in db.events.index_information().values() if "expireAfterSeconds" in i]
-        assert [i["key"] for i in ttl] == [[("stored_at", 1)]]
-        assert [("topic", 1), ("time", 1)] in [
-            i["key"] for i in db.errors.index_information().values()
-        ]
-    finally:
-        client.close()
+        await asyncio.to_thread(mongo_server.start)
+        await target.wait_mirrored()
+    ttl = [i for i in mongo_db.events.index_information().values() if "expireAfterSeconds" in i]
+    assert [i["key"] for i in ttl] == [[("stored_at", 1)]]
+    assert [("topic", 1), ("time", 1)] in [
+        i["key"] for i in mongo_db.errors.index_information().values()
+    ]
