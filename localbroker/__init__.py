@@ -16,6 +16,7 @@ Example::
         await broker.publish(UserCreated(user_id="u1"))
 """
 
+from localbroker.alerts import Alerts, AlertsConfig
 from localbroker.broker.broker import Broker, ColdReader, Extension, SubscribeOptions
 from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
@@ -43,6 +44,8 @@ from localbroker.events import Command, Event, GenericEvent, PublishResult
 from localbroker.state.store import DLQEntry, ErrorRecord
 
 __all__ = [
+    "Alerts",
+    "AlertsConfig",
     "ArchiveError",
     "Broker",
     "BrokerConfig",

@@ -47,6 +47,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("mongo",)
     if module.startswith("localbroker.sync.postgres"):
         return ("postgres",)
+    if module == "localbroker.alerts.sender":
+        return ("alerts",)
     return ()
 
 
@@ -93,7 +95,7 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("postgres",), ("s3",), ("dashboard",)],
+    [(), ("redis",), ("mongo",), ("postgres",), ("s3",), ("dashboard",), ("alerts",)],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:
@@ -144,6 +146,7 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("from localbroker.sync import MongoStore", "mongo"),
         ("from localbroker.sync import PostgresStore", "postgres"),
         ("import localbroker.dashboard", "dashboard"),
+        ("from localbroker import Alerts; Alerts(url='https://hooks.example.com/x')", "alerts"),
     ],
 )
 def test_a_missing_extra_raises_one_error_naming_it(statement: str, extra: str) -> None:
