@@ -18,6 +18,7 @@ from typing import Any
 import filelock
 import watchfiles
 
+from localbroker.alerts.extension import STATE_PREFIX as ALERTS_PREFIX
 from localbroker.broker.broker import SYNC_STATUS_PREFIX
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.dlq import DeadLetterQueue
@@ -207,6 +208,12 @@ class BrokerView:
         runs the target now.
         """
         prefix = SYNC_STATUS_PREFIX
+        return {k[len(prefix) :]: v for k, v in (await self.store.values(prefix)).items()}
+
+    async def alerts(self) -> dict[str, dict[str, Any]]:
+        """The state each webhook notifier last saved, by name (see ``Alerts.state``): what
+        is active, the recent alerts, deliveries; ``updated`` says when."""
+        prefix = ALERTS_PREFIX
         return {k[len(prefix) :]: v for k, v in (await self.store.values(prefix)).items()}
 
     async def chain(self, correlation_id: str) -> Chain:

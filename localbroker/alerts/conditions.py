@@ -207,7 +207,7 @@ class Tracker:
                     Condition.LAGGING,
                     sub.name,
                     self.config.lag_for,
-                    f"Subscriber {sub.name} is {sub.lag} events behind",
+                    f"Subscriber {sub.name} is {sub.lag} event{'s' * (sub.lag != 1)} behind",
                     f"{sub.name} has {sub.lag} events of the log not handled yet (the alert "
                     f"fires at {lag_events}); it reads at offset {sub.position}.",
                     {

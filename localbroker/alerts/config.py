@@ -88,12 +88,13 @@ class AlertsConfig(BaseSettings):
 
 
 def load_alerts_config(**options: Any) -> AlertsConfig:
-    """Build an :class:`AlertsConfig` from ``options`` and the environment.
+    """Build an :class:`AlertsConfig` from ``options`` and the environment (options win, a
+    ``None`` included: ``sync_down_after=None`` turns sync alerts off).
 
     Raises :class:`~localbroker.errors.ConfigurationError` naming every bad option.
     """
     try:
-        return AlertsConfig(**{k: v for k, v in options.items() if v is not None})
+        return AlertsConfig(**options)
     except ValidationError as exc:
         # From None: pydantic's own message shows the input, and a webhook URL is a secret.
         names = dict.fromkeys(("url", URL_ENV), f"url (or {URL_ENV})")

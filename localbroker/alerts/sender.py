@@ -74,7 +74,7 @@ class WebhookSender:
                 "alerts: %s has not taken alerts for a while (last error: %s); the queue of "
                 "%d is full, dropping the oldest: %s",
                 self.where,
-                self.last_error,
+                self.last_error or "none, a request waits for its answer",
                 self.config.queue_size,
                 oldest.title,
             )
@@ -127,31 +127,32 @@ class WebhookSender:
             )
 
     async def _run(self) -> None:
-        try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._ready.clear()
-                    await self._ready.wait()
-                    continue
-                alert = self._queue[0]
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            alert = self._queue[0]
+            try:
                 delay = await self._deliver(alert)
-                if delay is None:
-                    # Delivered or refused. submit() may have dropped it meanwhile (full).
-                    if self._queue and self._queue[0] is alert:
-                        self._queue.popleft()
-                    continue
-                if self._closing:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                if self._closing:
-                    return
-        except Exception:
-            # A bug: say so now, not when (if ever) someone awaits the task.
-            logger.exception("alerts: delivery to %s stopped", self.where)
+            except Exception:
+                # A bug (an alert that cannot be encoded, say): drop that alert, keep going.
+                logger.exception("alerts: could not send to %s: %s", self.where, alert.title)
+                delay = None
+            if delay is None:
+                # Delivered or refused. submit() may have dropped it meanwhile (full).
+                if self._queue and self._queue[0] is alert:
+                    self._queue.popleft()
+                continue
+            if self._closing:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            if self._closing:
+                return
 
     async def _deliver(self, alert: Alert) -> float | None:
         """One try: None when done with ``alert``, else the seconds to wait before the next."""

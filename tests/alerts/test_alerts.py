@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from localbroker import Broker, RejectEvent, RetryPolicy
 from localbroker.cli.main import cli
-from localbroker.state.store import StateStore
 from localbroker.sync import MemoryServer, MemoryTarget
+from localbroker.view import BrokerView
 from tests.alerts.conftest import checks_pass, fast_alerts
 from tests.alerts.receiver import Receiver
 from tests.broker.damage import damage_record, reader, write_notes
@@ -70,11 +70,8 @@ async def test_dlq_growth_fires_once_per_burst_naming_subscribers_counts_and_fir
         assert alerts.state()["recent"][-1]["title"] == alert["title"]
 
     # What fired and when, for the CLI and the dashboard.
-    store = await StateStore.open(tmp_path / "state.db")
-    try:
-        saved = await store.get_value("alerts.webhook")
-    finally:
-        await store.close()
+    async with BrokerView(tmp_path) as view:
+        saved = (await view.alerts())["webhook"]
     assert [r["condition"] for r in saved["recent"]] == ["dlq"]
     assert (saved["sent"], saved["running"]) == (1, False)
     assert saved["url"] == f"http://127.0.0.1:{receiver.port}"  # not the secret path
@@ -291,3 +288,31 @@ async def test_a_hung_receiver_neither_blocks_the_broker_nor_its_close(
                 await broker.close()
     assert alerts.state()["queued"] == 1
     assert any("1 alert(s) not delivered" in m for m in caplog.messages)
+
+
+async def test_a_full_queue_drops_the_oldest_alert_with_a_warning(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver.hang()
+    gate = asyncio.Event()
+    alerts = fast_alerts(receiver.url, queue_size=1, lag_events=1, lag_for=0, close_timeout=0)
+    broker = failing_broker(tmp_path, alerts, ack_timeout=120)
+
+    @broker.subscriber("note.added", name="slow")
+    async def slow(event: Note) -> None:
+        await gate.wait()
+
+    with caplog.at_level(logging.WARNING, logger="localbroker.alerts"):
+        async with broker:
+            await broker.publish(Note(n=0))  # two alerts: the DLQ, and "slow" lagging
+            await wait_until(lambda: alerts.state()["dropped"] == 1, what="an alert dropped")
+            titles = [r["title"] for r in alerts.state()["recent"]]
+            gate.set()
+    assert sorted(titles) == [
+        "DLQ: 2 new entries (billing 1, email 1)",
+        "Subscriber slow is 1 event behind",
+    ]
+    [dropped] = [m for m in caplog.messages if "dropping the oldest" in m]
+    assert dropped.endswith(f"the queue of 1 is full, dropping the oldest: {titles[0]}")
+    [left] = [m for m in caplog.messages if "not delivered" in m]
+    assert left.endswith(titles[1])
