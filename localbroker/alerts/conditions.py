@@ -161,7 +161,9 @@ class Tracker:
             alerts.append(Alert(h.condition, "firing", h.subject, h.title, text, h.details, wall))
         for key in [k for k in self._seen if k not in holding]:
             del self._seen[key]
-        reported = {f"{c}:{n}" for n in health.subscribers for c in ("stalled", "lagging")}
+        reported = {
+            f"{c}:{n}" for n in health.subscribers for c in (Condition.STALLED, Condition.LAGGING)
+        }
         reported |= {f"{Condition.SYNC_DOWN}:{name}" for name in sync}
         for key in [k for k in self.active if k in reported and k not in holding]:
             fired = self.active.pop(key)

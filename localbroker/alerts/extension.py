@@ -103,7 +103,7 @@ class Alerts:
         if tracker.dlq_mark is None:
             # The first start: entries already in the DLQ are no news.
             _, tracker.dlq_mark = await store.dlq_dead_since((0.0, 0))
-        self._recent.extend(saved.get("recent") or ())
+        self._recent = collections.deque(saved.get("recent") or (), maxlen=RECENT)
         origin = Origin(socket.gethostname(), str(broker.data_dir.resolve()), os.getpid())
         sender = WebhookSender(
             self.config, functools.partial(render, fmt=self.config.format, origin=origin)
@@ -111,6 +111,7 @@ class Alerts:
         self._broker, self._tracker, self._sender = broker, tracker, sender
         sender.start()
         self._task = asyncio.create_task(self._loop(), name=f"localbroker-alerts-{name}-check")
+        await self._save()  # the DLQ mark of a first start, and "running" for the CLI
         logger.info(
             "alerts: posting to %s (%s format) every %g s at most, %d condition(s) active",
             sender.where,
@@ -174,8 +175,9 @@ class Alerts:
 
         ``active``: conditions announced and not resolved (condition, subject, since,
         fired_at, title, details) by key (``stalled:email``); ``recent``: the last alerts
-        (time, condition, state, subject, title); the deliveries (``sent``, ``failed`` tries,
-        ``refused``, ``dropped``, ``queued``, ``last_error``, ...); ``checks`` done.
+        (time, condition, state, subject, title); the deliveries since this process started
+        (``sent``, ``failed`` tries, ``refused``, ``dropped``, ``queued``, ``last_error``, ...);
+        ``checks`` done.
         """
         tracker, sender = self._tracker, self._sender
         return {
