@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localbroker.errors import ConfigurationError
-from localbroker.fs import fsync_dir
+from localbroker.log.files import fsync_dir
 
 from .errors import ArchiveAccessError, ArchiveChecksumError, ArchiveError, ArchiveUnavailableError
 

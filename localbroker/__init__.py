@@ -16,11 +16,13 @@ Example::
         await broker.publish(UserCreated(user_id="u1"))
 """
 
+from localbroker.alerts import Alerts, AlertsConfig
 from localbroker.broker.broker import Broker, ColdReader, Extension, SubscribeOptions
 from localbroker.broker.chains import Chain, ChainNode, DeliveryState
 from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
 from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.health import Health, Stall, SubscriberHealth
 from localbroker.config import BrokerConfig, FsyncPolicy, MissingState, RetryPolicy, StartFrom
 from localbroker.errors import (
     ArchiveError,
@@ -35,12 +37,15 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
     StateStoreError,
+    SubscriberStalledError,
     SyncError,
 )
 from localbroker.events import Command, Event, GenericEvent, PublishResult
 from localbroker.state.store import DLQEntry, ErrorRecord
 
 __all__ = [
+    "Alerts",
+    "AlertsConfig",
     "ArchiveError",
     "Broker",
     "BrokerConfig",
@@ -60,6 +65,7 @@ __all__ = [
     "Extension",
     "FsyncPolicy",
     "GenericEvent",
+    "Health",
     "LocalBrokerError",
     "LogLockedError",
     "MissingExtraError",
@@ -70,9 +76,12 @@ __all__ = [
     "RejectEvent",
     "RetryPolicy",
     "SerializationError",
+    "Stall",
     "StartFrom",
     "StateStoreError",
     "SubscribeOptions",
+    "SubscriberHealth",
+    "SubscriberStalledError",
     "SyncError",
     "chain_scope",
 ]

@@ -8,6 +8,7 @@ in one place, :class:`BrokerConfig`, through pydantic-settings; keyword argument
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,6 +33,8 @@ __all__ = [
     "StartFrom",
     "SubscriberConfig",
     "load_config",
+    "none_from_environment",
+    "problems",
 ]
 
 MiB = 1024 * 1024
@@ -127,6 +130,14 @@ class SubscriberConfig(BaseModel):
     """Exception types that send the event straight to the DLQ (besides ``RejectEvent``)."""
 
 
+def none_from_environment(value: Any) -> Any:
+    """Validator (``mode="before"``) of options that take None: an environment variable cannot
+    hold None, so ``none`` (or ``null``, or an empty value) stands for it."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
+        return None
+    return value
+
+
 class BrokerConfig(BaseSettings):
     """Options of a :class:`~localbroker.Broker`.
 
@@ -174,13 +185,9 @@ class BrokerConfig(BaseSettings):
     Threads still running then are abandoned with a warning: they cannot be stopped, but they
     do not keep the process from exiting, and their events are delivered again after a restart."""
 
-    @field_validator("segment_max_age", "history_retention", mode="before")
-    @classmethod
-    def _none_from_environment(cls, value: Any) -> Any:
-        # An environment variable cannot hold None: "none" (or "null", or empty) stands for it.
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            return None
-        return value
+    _none_from_environment = field_validator("segment_max_age", "history_retention", mode="before")(
+        none_from_environment
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BrokerConfig:
@@ -202,8 +209,8 @@ def load_config(**overrides: Any) -> BrokerConfig:
         raise ConfigurationError(f"invalid broker configuration: {problems(exc)}") from exc
 
 
-def problems(exc: ValidationError) -> str:
-    """Every error of a validation, as ``option: message; ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-    )
+def problems(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """Every error of a validation, as ``option: message; ...`` (``names`` renames options)."""
+    names = names or {}
+    located = ((".".join(str(p) for p in err["loc"]) or "config", err) for err in exc.errors())
+    return "; ".join(f"{names.get(where, where)}: {err['msg']}" for where, err in located)

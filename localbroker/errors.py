@@ -6,7 +6,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     ├── ConfigurationError        bad option, URL or environment value
     ├── BrokerStateError          broker not started, already closed, directory in use
     │   └── LogLockedError        another process holds the log directory's writer lock
-    ├── CorruptLogError           a record's checksum or framing is wrong (names segment and position)
+    ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)
+    ├── SubscriberStalledError    a subscriber cannot read on (damage in the log); from wait_idle
     ├── StateStoreError           state.db cannot be read or written, or holds a damaged row (names file, subscriber)
     │   └── MissingStateError     the log holds events but state.db is gone: choose ``on_missing_state``
     ├── SerializationError        an event that cannot be encoded or decoded
@@ -36,6 +37,7 @@ __all__ = [
     "RejectEvent",
     "SerializationError",
     "StateStoreError",
+    "SubscriberStalledError",
     "SyncError",
 ]
 
@@ -75,15 +77,35 @@ class LogLockedError(BrokerStateError):
 class CorruptLogError(LocalBrokerError):
     """A record in the commit log failed its checksum or framing check.
 
-    Names the segment file and the byte position of the bad record, so an operator can
-    inspect it (``localbroker verify DIR``).
+    Names the segment file, the byte position where the bad record starts and, when known,
+    the offset that record has (or should have), so an operator can inspect it
+    (``localbroker verify DIR``) and repair the log (``localbroker repair DIR``).
     """
 
-    def __init__(self, segment: Path | str, position: int, reason: str) -> None:
+    def __init__(
+        self, segment: Path | str, position: int, reason: str, *, offset: int | None = None
+    ) -> None:
         self.segment = Path(segment)
         self.position = position
         self.reason = reason
-        super().__init__(f"corrupt record in {self.segment} at byte {position}: {reason}")
+        self.offset = offset
+        at = f"at byte {position}" + (f" (offset {offset})" if offset is not None else "")
+        super().__init__(f"corrupt record in {self.segment} {at}: {reason}")
+
+
+class SubscriberStalledError(LocalBrokerError):
+    """A subscriber cannot read the log on: the read at its position fails (see ``cause``).
+
+    Raised by ``Broker.wait_idle``, which would otherwise wait for a queue that cannot move.
+    The subscriber keeps retrying slowly, so it goes on by itself once the cause is gone
+    (``localbroker repair DIR`` for a damaged log, see docs/log-format.md).
+    """
+
+    def __init__(self, subscriber: str, position: int, cause: str) -> None:
+        self.subscriber = subscriber
+        self.position = position
+        self.cause = cause
+        super().__init__(f"subscriber {subscriber!r} is stalled at offset {position}: {cause}")
 
 
 class StateStoreError(LocalBrokerError):

@@ -18,13 +18,16 @@ from typing import Any
 import filelock
 import watchfiles
 
+from localbroker.alerts.extension import STATE_PREFIX as ALERTS_PREFIX
 from localbroker.broker.broker import SYNC_STATUS_PREFIX
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.health import Health, Stall, SubscriberHealth
 from localbroker.broker.subscriber import histogram_quantile
-from localbroker.errors import BrokerStateError, NotFoundError
+from localbroker.errors import BrokerStateError, CorruptLogError, NotFoundError
 from localbroker.events import decode_envelope
 from localbroker.log import CommitLog, Record
+from localbroker.log.gaps import reserved_end
 from localbroker.state.event_index import EventIndex
 from localbroker.state.store import StateStore, SubscriberState
 from localbroker.topics import TopicPattern
@@ -53,6 +56,8 @@ class SubscriberInfo:
     running: bool
     """Whether a broker process flushed this subscriber in the last few seconds."""
     pid: int | None
+    stalled: str | None = None
+    """Why it cannot read on (the read at its position fails: damage in the log), or None."""
 
 
 class BrokerView:
@@ -153,6 +158,47 @@ class BrokerView:
             handler_p99=histogram_quantile(s.handler_hist, 0.99),
             running=s.heartbeat is not None and now - s.heartbeat < ALIVE_SECONDS,
             pid=s.pid,
+            stalled=self._stall(s.position),
+        )
+
+    def _stall(self, position: int) -> str | None:
+        """Why a reader at ``position`` cannot read on, found by reading there."""
+        log = self.log
+        if position < log.next_offset:
+            try:
+                log.read(position, max_records=1)
+            except CorruptLogError as exc:
+                return str(exc)
+            except NotFoundError:
+                return None  # deleted by retention: served by the archive, if any
+        elif log.damage is not None:
+            # The readable log ends at the damage: a reader there is held up by it.
+            return str(log.damage) if position == log.next_offset else None
+        elif position > max(log.next_offset, reserved_end(log.gaps)):
+            return (
+                f"its position {position} is beyond the end of the log ({log.next_offset}): "
+                "the records it read are not in the log any more; the broker records these "
+                "offsets as lost when it starts (see docs/log-format.md, 'Gaps')"
+            )
+        return None
+
+    async def health(self) -> Health:
+        """The same as ``Broker.health()``, worked out from the files.
+
+        A subscriber is stalled when the read at its position fails.
+        """
+        subscribers = await self.subscribers()
+        return Health.of(
+            (
+                SubscriberHealth.of(
+                    s.name,
+                    s.position,
+                    s.lag,
+                    Stall(s.position, s.stalled) if s.stalled is not None else None,
+                )
+                for s in subscribers
+            ),
+            self.log.gaps,
         )
 
     async def sync_status(self) -> dict[str, dict[str, Any]]:
@@ -162,6 +208,12 @@ class BrokerView:
         runs the target now.
         """
         prefix = SYNC_STATUS_PREFIX
+        return {k[len(prefix) :]: v for k, v in (await self.store.values(prefix)).items()}
+
+    async def alerts(self) -> dict[str, dict[str, Any]]:
+        """The state each webhook notifier last saved, by name (see ``Alerts.state``): what
+        is active, the recent alerts, deliveries; ``updated`` says when."""
+        prefix = ALERTS_PREFIX
         return {k[len(prefix) :]: v for k, v in (await self.store.values(prefix)).items()}
 
     async def chain(self, correlation_id: str) -> Chain:
@@ -182,18 +234,22 @@ class BrokerView:
         """``(offset, envelope)`` of events matching ``pattern`` from ``start`` (default: the end).
 
         With ``follow`` it keeps waiting for new appends (noticed with watchfiles, not polling)
-        until ``stop`` is set.
+        until ``stop`` is set. Damage in the log ends it with :class:`CorruptLogError` (naming
+        the bad record's file, byte and offset), after every good record before it.
         """
         matcher = TopicPattern(pattern)
         await self.refresh()
         offset = self.log.next_offset if start is None else max(start, self.log.start_offset)
         while True:
             while offset < self.log.next_offset:
+                # A bad record raises CorruptLogError here, after the records before it.
                 for record in self.log.read(offset, max_records=1000):
                     offset = record.offset + 1
                     envelope = decode_envelope(record.payload)
                     if matcher.matches(envelope["topic"]):
                         yield record.offset, envelope
+            if self.log.damage is not None:
+                raise self.log.damage  # the readable log ends there
             if not follow or (stop is not None and stop.is_set()):
                 return
             async for _ in watchfiles.awatch(

@@ -49,6 +49,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("postgres",)
     if module.startswith("localbroker.sync.nats"):
         return ("nats",)
+    if module == "localbroker.alerts.sender":
+        return ("alerts",)
     return ()
 
 
@@ -95,7 +97,7 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("postgres",), ("nats",), ("s3",), ("dashboard",)],
+    [(), ("redis",), ("mongo",), ("postgres",), ("nats",), ("s3",), ("dashboard",), ("alerts",)],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:
@@ -147,6 +149,7 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("from localbroker.sync import PostgresStore", "postgres"),
         ("from localbroker.sync import NatsJetStream", "nats"),
         ("import localbroker.dashboard", "dashboard"),
+        ("from localbroker import Alerts; Alerts(url='https://hooks.example.com/x')", "alerts"),
     ],
 )
 def test_a_missing_extra_raises_one_error_naming_it(statement: str, extra: str) -> None:

@@ -20,7 +20,9 @@ from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
+from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.positions import handed_out
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
@@ -36,6 +38,7 @@ from localbroker.errors import (
     ConfigurationError,
     MissingStateError,
     SerializationError,
+    SubscriberStalledError,
 )
 from localbroker.events import (
     ENVELOPE_FIELDS,
@@ -46,6 +49,7 @@ from localbroker.events import (
     encode_event,
 )
 from localbroker.log import CommitLog, Record
+from localbroker.log.gaps import GAPS_FILE
 from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.retention import HistoryTrimmer
 from localbroker.state.store import StateStore, state_exists
@@ -329,6 +333,7 @@ class Broker:
         self._store = await StateStore.open(state_path, create=True)
         if cfg.index_events:
             self._index = await EventIndex.open(self.data_dir / "index.db")
+        await self._keep_offsets_unique()
         self.visible_offset = log.next_offset
         if self._index is not None:
             self._indexer = EventIndexer(self, self._index)
@@ -425,6 +430,41 @@ class Broker:
         finally:
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
+
+    async def _keep_offsets_unique(self) -> None:
+        """Never hand out again an offset that was handed out before the log lost it.
+
+        A subscriber (or mirror, archive, index) whose position is beyond the end of the log
+        read records the log no longer has: the offsets up to that position become a gap,
+        logged at ERROR, and new events start after it (docs/log-format.md, "Gaps").
+        """
+        log = self.log
+        beyond = {
+            who: position
+            for who, position in (await handed_out(self.store, self._index)).items()
+            if position > log.next_offset
+        }
+        if not beyond:
+            return
+        readers = ", ".join(f"{who} at {position}" for who, position in beyond.items())
+        end = log.next_offset
+        gap = await asyncio.to_thread(
+            log.skip_to,
+            max(beyond.values()),
+            f"the log ended at offset {end} but {readers} had read further "
+            f"(records lost in a crash with fsync={self.config.fsync.value}, or an older copy "
+            "of the log)",
+        )
+        if gap is not None:
+            logger.error(
+                "%s: %s were handed out but are not in the log (%s); they are recorded as "
+                "lost in %s and new events start at offset %d",
+                log.directory,
+                gap.describe(),
+                readers,
+                GAPS_FILE,
+                gap.end,
+            )
 
     async def _close_files(self) -> None:
         """Close the state, the index and the log (and its writer lock), whatever fails."""
@@ -742,6 +782,18 @@ class Broker:
         """
         return {e.name: e.status() for e in self.extensions if isinstance(e, StatusReporter)}
 
+    def health(self) -> Health:
+        """Whether every subscriber can read on, and which offsets the log has lost.
+
+        Example::
+
+            health = broker.health()
+            if not health.ok:
+                for sub in health.stalled:   # e.g. a damaged record in the log
+                    print(sub.name, sub.position, sub.stall.cause)
+        """
+        return Health.of((r.health() for r in self._runtimes.values()), self.log.gaps)
+
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""
         return self._runtimes.get(name)
@@ -764,8 +816,10 @@ class Broker:
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every subscriber has handled (or dead-lettered) everything published.
 
-        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``, and
-        :class:`BrokerStateError` once the broker is closed (by a handler's ``SystemExit``, say).
+        Deliveries waiting for a retry count as not idle. Raises ``TimeoutError``;
+        :class:`BrokerStateError` once the broker is closed (by a handler's ``SystemExit``, say);
+        :class:`SubscriberStalledError` as soon as a subscriber cannot read the log on (a
+        damaged record: it would never become idle).
         """
         assert self._idle_event is not None
         async with asyncio.timeout(timeout):
@@ -774,6 +828,11 @@ class Broker:
                     raise BrokerStateError(
                         f"the broker on {self.data_dir} was closed while waiting for it to be idle"
                     ) from self._handler_exit
+                for runtime in self._runtimes.values():
+                    if runtime.stall is not None:
+                        raise SubscriberStalledError(
+                            runtime.name, runtime.stall.position, runtime.stall.cause
+                        )
                 self._idle_event.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):

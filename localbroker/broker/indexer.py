@@ -22,6 +22,7 @@ BATCH = 5000
 INDEX_DELAY = 0.1
 FEED_LIMIT = 100_000  # rows kept in memory while the index falls behind
 SLICE = 100  # records decoded between two yields to the event loop (~0.2 ms)
+RETRY_DELAY = 5.0  # seconds between tries when the log cannot be read (damage)
 
 
 def index_records(records: list[Record]) -> list[IndexedEvent]:
@@ -98,8 +99,23 @@ class EventIndexer:
             self.position = records[-1].offset + 1
 
     async def run(self) -> None:
+        reported = ""
         while True:
-            await self.catch_up()
+            try:
+                await self.catch_up()
+            except Exception as exc:
+                # E.g. a damaged record: report it once, retry slowly, never die silently.
+                if str(exc) != reported:
+                    reported = str(exc)
+                    logger.error(
+                        "the event index (index.db) cannot go on at offset %s: %s; chain "
+                        "queries miss the events after it until the read succeeds",
+                        self.position,
+                        exc,
+                    )
+                await asyncio.sleep(RETRY_DELAY)
+                continue
+            reported = ""
             assert self.position is not None
             await self.broker.wait_for_append(self.position)
             # Index in batches a tenth of a second apart rather than after every append: the

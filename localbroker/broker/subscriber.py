@@ -22,10 +22,18 @@ from localbroker.broker.delivery import (
     HandlerCall,
     HandlerSpec,
 )
+from localbroker.broker.health import Stall, SubscriberHealth
 from localbroker.broker.threads import HandlerThreads
 from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
-from localbroker.errors import LocalBrokerError, RejectEvent, SerializationError
+from localbroker.errors import (
+    CorruptLogError,
+    LocalBrokerError,
+    NotFoundError,
+    RejectEvent,
+    SerializationError,
+)
 from localbroker.events import decode_envelope, to_event
+from localbroker.log.recovery import REPAIR_HINT
 from localbroker.state.store import SubscriberState
 from localbroker.topics import TopicPattern
 
@@ -39,6 +47,9 @@ logger = logging.getLogger("localbroker.delivery")
 READ_BATCH = 512
 #: Seconds between tries when reading fails with a retriable error (an unreachable archive).
 READ_RETRY_DELAY = 1.0
+#: Seconds between tries of a subscriber stalled on damage in the log (so that it goes on by
+#: itself once the damage is gone, without a hot loop meanwhile).
+STALLED_RETRY_DELAY = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +160,8 @@ class SubscriberRuntime:
         self._redelivery_check = asyncio.Event()
         self._redelivery_check.set()
         self._checking_redeliveries = False
+        self.stall: Stall | None = None
+        """Why the read loop cannot read on (None while it can): see :meth:`health`."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -221,6 +234,11 @@ class SubscriberRuntime:
             and self.position >= self.broker.visible_offset
         )
 
+    def health(self) -> SubscriberHealth:
+        """Stalled, lagging (events not handled yet) or ok, as of now."""
+        lag = max(0, self.broker.visible_offset - self._committed())
+        return SubscriberHealth.of(self.name, self.position, lag, self.stall)
+
     @property
     def in_flight(self) -> int:
         return len(self.pending) + len(self.redelivering)
@@ -247,15 +265,26 @@ class SubscriberRuntime:
             limit = min(READ_BATCH, self.max_in_flight - len(self.pending))
             try:
                 records = await broker.fetch_log(self.position, limit)
-            except LocalBrokerError as exc:
-                if not exc.retriable:
-                    raise
-                # E.g. the archive is unreachable: wait, never skip.
-                logger.warning(
-                    "subscriber %s cannot read offset %d: %s", self.name, self.position, exc
-                )
-                await asyncio.sleep(READ_RETRY_DELAY)
+            except Exception as exc:
+                if isinstance(exc, LocalBrokerError) and exc.retriable:
+                    # E.g. the archive is unreachable: wait, never skip.
+                    logger.warning(
+                        "subscriber %s cannot read offset %d: %s", self.name, self.position, exc
+                    )
+                    await asyncio.sleep(READ_RETRY_DELAY)
+                else:
+                    # Damage in the log (or a disk error): never skip it, never die silently.
+                    self._stalled(exc)
+                    await asyncio.sleep(STALLED_RETRY_DELAY)
                 continue
+            if self.stall is not None:
+                logger.warning(
+                    "subscriber %s reads again at offset %d (it was stalled: %s)",
+                    self.name,
+                    self.position,
+                    self.stall.cause,
+                )
+                self.stall = None
             for record in records:
                 offset = record.offset
                 self.position = offset + 1
@@ -286,6 +315,23 @@ class SubscriberRuntime:
             self.dirty = True
             # Hand over to the handlers between batches, so reading ahead never starves them.
             await asyncio.sleep(0)
+
+    def _stalled(self, error: Exception) -> None:
+        """The read at :attr:`position` fails: say so once, loudly, and keep the reason."""
+        cause = str(error) or repr(error)
+        if self.stall is not None and self.stall.cause == cause:
+            return  # already reported: the loop retries quietly
+        self.stall = Stall(self.position, cause, time.time())
+        logger.error(
+            "subscriber %s is stalled at offset %d: %s; it delivers nothing after this offset "
+            "until the read succeeds (it retries every %.0f s)%s",
+            self.name,
+            self.position,
+            cause,
+            STALLED_RETRY_DELAY,
+            f"; {REPAIR_HINT}" if isinstance(error, CorruptLogError) else "",
+        )
+        self.broker._delivery_finished()  # wake wait_idle(), which reports it
 
     def _dispatch(self, delivery: Delivery) -> None:
         key = delivery.key
@@ -323,6 +369,9 @@ class SubscriberRuntime:
                 continue
             try:
                 records = await self.broker.fetch_log(entry.offset, 1)
+                if not records or records[0].offset != entry.offset:
+                    # A read from a lost offset returns the record after the gap.
+                    raise NotFoundError(f"offset {entry.offset} is not in the log (lost)")
             except LocalBrokerError as exc:
                 logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
                 continue

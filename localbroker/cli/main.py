@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from localbroker.cli import archive_cmds
@@ -19,6 +20,7 @@ from localbroker.cli.state_cmds import state_group
 from localbroker.cli.sync_cmds import sync_group
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
+from localbroker.log.repair import repair as repair_log
 from localbroker.view import BrokerView
 
 __all__ = ["cli", "main"]
@@ -139,7 +141,19 @@ async def inspect(directory: Path | None, data: Path | None) -> None:
                 fmt_time(s.last_timestamp / 1000 if s.last_timestamp else None),
             )
         console.print(segments)
-        console.print(subscribers_table(await view.subscribers()))
+        subscribers = await view.subscribers()
+        console.print(subscribers_table(subscribers))
+        # Problems last, in full (not cut to a table cell): they name files and bytes.
+        if log.damage is not None:
+            console.print(f"[red]log damaged:[/] {escape(str(log.damage))}")
+        for sub in subscribers:
+            if sub.stalled is not None:
+                console.print(
+                    f"[red]subscriber {escape(sub.name)} stalled[/] at offset {sub.position}: "
+                    f"{escape(sub.stalled)}"
+                )
+        for gap in log.gaps:
+            console.print(f"[yellow]lost {gap.describe()}:[/] {escape(gap.reason)}")
 
 
 @cli.command()
@@ -160,6 +174,34 @@ def verify(directory: Path) -> None:
     if not report.ok:
         raise SystemExit(1)
     console.print("[green]ok[/]")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def repair(directory: Path) -> None:
+    """Cut damaged records out of the log, keeping their bytes and their offsets unused.
+
+    For a log the broker refuses to open (CorruptLogError) or whose subscribers are stalled
+    on a bad record. Stop the broker first. The damaged bytes go to log/quarantine/, their
+    offsets are recorded as lost (log/gaps.jsonl) and never used again, the records after
+    them stay. Prints every change and exactly which offsets were lost.
+
+    Example: localbroker repair ./data
+    """
+    log_dir = directory / "log" if (directory / "log").is_dir() else directory
+    try:
+        report = repair_log(log_dir)
+    except LocalBrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for action in report.actions:
+        console.print(action, markup=False, highlight=False, soft_wrap=True)
+    for gap in report.gaps:
+        kept = f"; its bytes are in {log_dir / gap.quarantine}" if gap.quarantine else ""
+        console.print(f"lost {gap.describe()}{kept}", markup=False, highlight=False, soft_wrap=True)
+    if not report.changed:
+        console.print("nothing to repair")
+    elif not report.gaps:
+        console.print("no offsets were lost")
 
 
 @cli.command()
@@ -219,7 +261,7 @@ async def dlq_show(entry_id: int, data: Path) -> None:
     """
     async with BrokerView(data) as view:
         entry = await view.store.dlq_entry(entry_id)
-        (record,) = view.read(entry.offset, 1)
+        record = view.log.get(entry.offset)
     console.print(
         f"[bold]DLQ entry {entry.id}[/]: {entry.subscriber} / {entry.topic} ({entry.status})"
     )

@@ -60,7 +60,7 @@ def _number(header: str) -> Column:
 
 
 def subscribers_table(subscribers: list[SubscriberInfo]) -> Table:
-    """Subscribers with their lag, in-flight, counters and handler times.
+    """Subscribers with their lag, in-flight, counters and handler times (and stalls).
 
     Laid out for 80 columns: each subscriber's topics go under its name, headers take two
     lines rather than get cut, and columns are set apart by spacing instead of rules.
@@ -83,8 +83,9 @@ def subscribers_table(subscribers: list[SubscriberInfo]) -> Table:
     )
     for sub in subscribers:
         topics = "".join(f"\n[dim]{escape(p)}[/]" for p in sub.patterns)
+        stalled = f"\n[red]stalled at {sub.position}[/]" if sub.stalled is not None else ""
         table.add_row(
-            f"[bold]{escape(sub.name)}[/]{topics}",
+            f"[bold]{escape(sub.name)}[/]{stalled}{topics}",
             str(sub.lag),
             str(sub.in_flight),
             str(sub.processed),

@@ -16,7 +16,7 @@ from localbroker.broker.indexer import index_records
 from localbroker.broker.subscriber import histogram_quantile
 from localbroker.errors import ConfigurationError, NotFoundError, SerializationError
 from localbroker.events import decode_envelope
-from localbroker.log import CommitLog
+from localbroker.log import CommitLog, Record
 from localbroker.state.event_index import EventQuery, IndexedEvent, TopicFlow
 from localbroker.state.store import DLQEntry, ErrorRecord
 from localbroker.topics import TopicPattern
@@ -126,11 +126,12 @@ def _scan_backwards(
     hi, budget = upper, SCAN_BUDGET
     while hi > lower and budget > 0:
         lo = max(lower, hi - 1000)
-        records = []
+        records: list[Record] = []
         at = lo
         while at < hi:
             chunk = log.read(at, max_records=hi - at)
-            records.extend(chunk)
+            # Across a gap (lost offsets) a read goes on past ``hi``: that is the next window's.
+            records.extend(r for r in chunk if r.offset < hi)
             at = chunk[-1].offset + 1
         found.extend(e for e in reversed(index_records(records)) if q.matches(e))
         budget -= hi - lo
@@ -163,10 +164,9 @@ class EventDetail:
 async def event_detail(view: BrokerView, offset: int) -> EventDetail:
     """The event at ``offset`` (NotFoundError when not in the log)."""
     await view.refresh()
-    records = view.read(offset, 1) if offset < view.log.next_offset else []
-    if not records:
+    if offset >= view.log.next_offset:
         raise NotFoundError(f"no event at offset {offset} (the log ends at {view.log.next_offset})")
-    record = records[0]
+    record = view.log.get(offset)
     indexed = index_records([record])[0]
     try:
         envelope: dict[str, Any] | None = decode_envelope(record.payload)

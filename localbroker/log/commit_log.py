@@ -17,18 +17,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -41,83 +38,28 @@ from localbroker.errors import (
     LogLockedError,
     NotFoundError,
 )
-from localbroker.fs import fsync_dir
-from localbroker.log.index import ENTRY_SIZE, OffsetIndex
-from localbroker.log.record import HEADER, HEADER_SIZE, Record, RecordError, iter_records
-from localbroker.log.segment import (
-    INDEX_SUFFIX,
-    Segment,
-    index_path_for,
-    log_path_for,
-    parse_base_offset,
+from localbroker.log.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    CheckpointFile,
+    read_checkpoint,
 )
+from localbroker.log.files import fsync_dir
+from localbroker.log.gaps import Gap, add_gaps, make_gap, read_gaps, reserved_end
+from localbroker.log.index import OffsetIndex
+from localbroker.log.record import Record, RecordError, iter_records
+from localbroker.log.recovery import list_bases, recover
+from localbroker.log.segment import Segment, SegmentEnd, log_path_for
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "LOCK_FILE",
-    "Checkpoint",
-    "CommitLog",
-    "SegmentInfo",
-    "VerifyReport",
-    "read_checkpoint",
-    "scan_segment",
-    "verify",
-]
+__all__ = ["CHECKPOINT_FILE", "LOCK_FILE", "CommitLog", "SegmentInfo"]
 
 logger = logging.getLogger("localbroker.log")
 
-CHECKPOINT_FILE = "checkpoint"
 LOCK_FILE = "writer.lock"
-_CHECKPOINT = struct.Struct(">IQQQ")
-_CHECKPOINT_BODY = struct.Struct(">QQQ")
-#: sync() rewrites the checkpoint at most this often (seconds): it only bounds recovery work.
-CHECKPOINT_INTERVAL = 1.0
 #: How many sealed segments keep an open descriptor for reads (least recently read closed).
 MAX_OPEN_SEALED = 64
 #: Largest segment whose positions fit the index's u32 position column.
 MAX_SEGMENT_BYTES = 2**32 - 1
-
-
-# -- checkpoint ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Recovery point: every byte before ``position`` of segment ``segment_base`` was fsynced."""
-
-    segment_base: int
-    position: int
-    next_offset: int
-
-    def encode(self) -> bytes:
-        """The 28-byte on-disk form (CRC first)."""
-        body = _CHECKPOINT_BODY.pack(self.segment_base, self.position, self.next_offset)
-        return struct.pack(">I", zlib.crc32(body)) + body
-
-
-def read_checkpoint(directory: Path) -> Checkpoint | None:
-    """The checkpoint of a log directory, or None when it is missing or unreadable."""
-    path = directory / CHECKPOINT_FILE
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    if len(data) != _CHECKPOINT.size:
-        logger.warning("%s: ignoring checkpoint of %d bytes (expected 28)", path, len(data))
-        return None
-    crc, base, position, next_offset = _CHECKPOINT.unpack(data)
-    if zlib.crc32(data[4:]) != crc:
-        logger.warning("%s: ignoring checkpoint with a bad checksum", path)
-        return None
-    return Checkpoint(base, position, next_offset)
-
-
-def _write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
-    # Not fsynced on purpose: it only names data that was fsynced before it was written, so
-    # whichever version survives a crash is correct; a stale one only means a longer scan.
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    tmp.write_bytes(checkpoint.encode())
-    os.replace(tmp, directory / CHECKPOINT_FILE)
 
 
 # -- public value types -------------------------------------------------------------------------
@@ -146,21 +88,6 @@ class SegmentInfo:
     def record_count(self) -> int:
         """Number of records in the segment."""
         return self.next_offset - self.base_offset
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    """What :func:`verify` found. ``problems`` name the file and byte position of each."""
-
-    segments: int = 0
-    records: int = 0
-    bytes: int = 0
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
 
 
 # -- the log ------------------------------------------------------------------------------------
@@ -212,10 +139,17 @@ class CommitLog:
         # work and page-cache writes, never across an fdatasync of sync().
         self._lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
+        self._checkpoint_file = CheckpointFile(self._directory)
         self._checkpoint_offset = -1
-        self._last_checkpoint = 0.0
         self._durable_offset = 0
         self._dir_mtime = -1
+        self._gaps: list[Gap] = []
+        # The next append starts at this offset at least: the end of the last recorded gap.
+        self._reserved = 0
+        self.damage: CorruptLogError | None = None
+        """Readers: damage that ends the readable log early (None when there is none).
+
+        A writer refuses to open a damaged log instead (:class:`CorruptLogError`)."""
         # Sealed segments with an open fd, least recently read first: a log with thousands of
         # segments must not hold thousands of descriptors.
         self._open_sealed: OrderedDict[int, Segment] = OrderedDict()
@@ -243,6 +177,11 @@ class CommitLog:
         return self._durable_offset
 
     @property
+    def gaps(self) -> list[Gap]:
+        """Recorded gaps: offsets that hold no record because they were lost (oldest first)."""
+        return list(self._gaps)
+
+    @property
     def is_open(self) -> bool:
         """Whether :meth:`open` was called and :meth:`close` was not."""
         return self._is_open
@@ -252,11 +191,13 @@ class CommitLog:
     def open(self) -> CommitLog:
         """Open the directory: take the writer lock (unless readonly) and recover.
 
-        Raises :class:`LogLockedError` when another writer holds the directory and
-        :class:`CorruptLogError` when data before the checkpoint is damaged.
+        Raises :class:`LogLockedError` when another writer holds the directory. A writer
+        raises :class:`CorruptLogError` for damage in the middle of the log (see
+        :mod:`localbroker.log.recovery`); a reader opens, and reads up to it (:attr:`damage`).
         """
         if self._is_open:
             return self
+        self._checkpoint_offset = -1  # the files may have changed since a previous open
         if not self.readonly:
             self._directory.mkdir(parents=True, exist_ok=True)
             lock = filelock.FileLock(self._directory / LOCK_FILE, thread_local=False)
@@ -298,6 +239,7 @@ class CommitLog:
             self._segments = []
             self._bases = []
             self._open_sealed.clear()
+        self._checkpoint_file.close()
         if self._file_lock is not None:
             self._file_lock.release()
             self._file_lock = None
@@ -324,131 +266,39 @@ class CommitLog:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def _list_bases(self) -> list[int]:
-        bases: list[int] = []
-        with os.scandir(self._directory) as entries:
-            for entry in entries:
-                base = parse_base_offset(entry.name)
-                if base is not None:
-                    bases.append(base)
-        bases.sort()
-        return bases
-
-    def _cleanup(self, bases: list[int]) -> None:
-        # Leftovers of interrupted replacements and index files whose log was deleted.
-        live = set(bases)
-        with os.scandir(self._directory) as entries:
-            for entry in entries:
-                name = entry.name
-                index_base = parse_base_offset(name, INDEX_SUFFIX)
-                if name.endswith(".tmp") or (index_base is not None and index_base not in live):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-
     def _recover(self) -> None:
         directory = self._directory
-        writable = not self.readonly
         if not directory.is_dir():
             # A reader may start before the writer has created anything: an empty log that
             # refresh() fills in later.
             self._segments, self._bases = [], []
             return
         self._dir_mtime = os.stat(directory).st_mtime_ns
-        # The checkpoint before the listing: a live writer only moves it forward, to segments
-        # that exist by then.
-        checkpoint = read_checkpoint(directory)
-        bases = self._list_bases()
-        if writable:
-            self._cleanup(bases)
-        interval = self.index_interval_bytes
-        if not bases:
-            if checkpoint is not None and checkpoint.next_offset > 0:
-                raise CorruptLogError(
-                    log_path_for(directory, checkpoint.segment_base),
-                    checkpoint.position,
-                    "the checkpoint names this segment but no segment file exists",
-                )
-            if writable:
-                seg = Segment.create(directory, 0, index_interval=interval)
+        recovered = recover(
+            directory, writable=not self.readonly, index_interval=self.index_interval_bytes
+        )
+        self._gaps = recovered.gaps
+        self._reserved = reserved_end(recovered.gaps)
+        self.damage = recovered.damage
+        segments = recovered.segments
+        self._durable_offset = recovered.durable_offset
+        if not segments:
+            self._segments, self._bases = [], []
+            if not self.readonly:
+                seg = Segment.create(directory, 0, index_interval=self.index_interval_bytes)
                 fsync_dir(directory)
                 self._segments, self._bases = [seg], [0]
                 self._store_checkpoint(Checkpoint(0, 0, 0), force=True)
             return
-
-        segments = [
-            Segment(directory, b, index_interval=interval, writable=writable) for b in bases
-        ]
-        for seg, following in itertools.pairwise(segments):
-            seg.sealed = True
-            seg.size = seg.path.stat().st_size
-            seg.next_offset = following.base_offset
-
-        # Where does the trusted part end?
-        if checkpoint is not None and checkpoint.segment_base in bases:
-            k = bases.index(checkpoint.segment_base)
-            ck_pos, ck_next = checkpoint.position, checkpoint.next_offset
-        elif writable and checkpoint is not None and checkpoint.segment_base > bases[0]:
-            raise CorruptLogError(
-                log_path_for(directory, checkpoint.segment_base),
-                checkpoint.position,
-                "the checkpoint names this segment but the file is missing",
-            )
-        else:
-            # No usable checkpoint: sealed segments were fsynced when they were rolled, so
-            # only the last one needs checking.
-            k = len(segments) - 1
-            ck_pos, ck_next = 0, segments[k].base_offset
-
-        dropped = 0
-        drop_from: tuple[Path, int] | None = None
-        keep = len(segments)
-        for i in range(k, len(segments)):
-            seg = segments[i]
-            expected = segments[i - 1].next_offset if i > k else ck_next
-            if i > k and seg.base_offset != expected:
-                # A segment that does not continue the log cannot be trusted past a hole.
-                keep = i
-                drop_from = drop_from or (seg.path, 0)
-                break
-            valid_end, error = self._recover_segment(
-                seg, ck_pos if i == k else 0, ck_next if i == k else seg.base_offset
-            )
-            file_size = seg.path.stat().st_size
-            if error is not None:
-                dropped += file_size - valid_end
-                drop_from = (seg.path, valid_end)
-                if writable:
-                    seg.truncate(valid_end)
-                keep = i + 1
-                break
-        for seg in segments[keep:]:
-            dropped += seg.path.stat().st_size
-            if writable:
-                seg.delete()
-        if drop_from is not None and (dropped or keep < len(segments)):
-            logger.warning(
-                "%s: dropped %d bytes of incomplete or corrupt records after the checkpoint "
-                "(from %s at byte %d, %d later segment(s) removed); the log now ends at offset %d",
-                directory,
-                dropped,
-                drop_from[0].name,
-                drop_from[1],
-                len(segments) - keep,
-                segments[keep - 1].next_offset,
-            )
-        segments = segments[:keep]
         active = segments[-1]
         active.sealed = False
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         self._close_idle_fds()
-        if not writable:
-            self._durable_offset = ck_next
+        if self.readonly:
             return
         active.make_active()
-        if keep < len(bases):
-            fsync_dir(directory)
-        if (active.base_offset, active.size) != (segments[k].base_offset, ck_pos):
+        if recovered.unsynced or active.next_offset > recovered.durable_offset:
             # Make what recovery accepted durable, so that the checkpoint can move to the end
             # and the next open has nothing to scan.
             active.sync()
@@ -457,109 +307,20 @@ class CommitLog:
             Checkpoint(active.base_offset, active.size, active.next_offset), force=True
         )
 
-    def _recover_segment(
-        self, seg: Segment, ck_pos: int, ck_next: int
-    ) -> tuple[int, RecordError | None]:
-        """Check ``seg`` from (about) ``ck_pos`` to its end; set its size, offsets and index.
-
-        Returns the end of the valid records and the error that ended them, if any. Raises
-        :class:`CorruptLogError` for a bad record before ``ck_pos``.
-        """
-        file_size = seg.path.stat().st_size
-        if ck_pos > file_size:
-            raise CorruptLogError(
-                seg.path,
-                ck_pos,
-                f"the file has {file_size} bytes but the checkpoint says {ck_pos} were fsynced",
-            )
-        seg.size = file_size
-        index, _complete = OffsetIndex.load(seg.index_path, file_size)
-        # Keep the entries up to the checkpoint, if the last of them points where it should;
-        # the scan below regenerates everything after it.
-        index.truncate(index.count_at_or_before(ck_pos))
-        last = index.last()
-        if last is not None and not seg.check_index_entry(*last):
-            index.truncate(0)
-            last = None
-        if last is not None and last[1] < ck_pos:
-            start, expected = last[1], seg.base_offset + last[0]
-            next_index_pos = last[1] + seg.index_interval
-        elif last is not None:  # an entry exactly at the checkpoint position
-            start, expected = ck_pos, ck_next
-            next_index_pos = last[1] + seg.index_interval
-        elif ck_pos == 0:
-            start, expected, next_index_pos = 0, ck_next, seg.index_interval
-        else:
-            start, expected, next_index_pos = 0, seg.base_offset, seg.index_interval
-
-        entries: array[int] = array("I")
-        base = seg.base_offset
-        interval = seg.index_interval
-        valid_end = start
-        next_offset = expected
-        last_ts: int | None = None
-        first_ts: int | None = None
-        error: RecordError | None = None
-        at_boundary = start == ck_pos
-        fd = seg.open_fd()
-        try:
-            for pos, end, rec in iter_records(
-                fd, start, file_size, expected_offset=expected, payloads=False
-            ):
-                if pos == 0:
-                    first_ts = rec.timestamp
-                if pos >= next_index_pos:
-                    entries.append(rec.offset - base)
-                    entries.append(pos)
-                    next_index_pos = pos + interval
-                if pos < ck_pos < end:
-                    raise CorruptLogError(
-                        seg.path, pos, f"the checkpoint position {ck_pos} is inside this record"
-                    )
-                if end == ck_pos:
-                    at_boundary = True
-                    if rec.offset + 1 != ck_next:
-                        raise CorruptLogError(
-                            seg.path,
-                            pos,
-                            f"record has offset {rec.offset} but the checkpoint says the next "
-                            f"offset is {ck_next}",
-                        )
-                valid_end, next_offset, last_ts = end, rec.offset + 1, rec.timestamp
-        except RecordError as exc:
-            if exc.position < ck_pos:
-                raise CorruptLogError(seg.path, exc.position, exc.reason) from None
-            error = exc
-        if not at_boundary:
-            raise CorruptLogError(
-                seg.path, ck_pos, "the checkpoint position is not at a record boundary"
-            )
-        index.extend(entries)
-        seg.size = valid_end
-        seg.next_offset = next_offset
-        seg.adopt_index(index, next_index_pos)
-        if valid_end > 0:
-            seg.first_timestamp = first_ts
-            if first_ts is None:
-                header = seg.read_header(0)
-                seg.first_timestamp = header[2] if header else None
-            seg.last_timestamp = last_ts
-            if last_ts is None:
-                _load_last_timestamp(seg)
-        return valid_end, error
-
     # -- checkpoint ---------------------------------------------------------------------------
 
-    def _store_checkpoint(self, checkpoint: Checkpoint, *, force: bool = False) -> None:
+    def _store_checkpoint(
+        self, checkpoint: Checkpoint, *, force: bool = False, backwards: bool = False
+    ) -> None:
         with self._checkpoint_lock:
-            # Never move the checkpoint backwards (a slow sync() racing a roll()).
-            if checkpoint.next_offset < self._checkpoint_offset:
+            # Never move the checkpoint backwards (a slow sync() racing a roll()), except to
+            # undo a failed append.
+            if checkpoint.next_offset < self._checkpoint_offset and not backwards:
                 return
             if checkpoint.next_offset == self._checkpoint_offset and not force:
                 return
-            _write_checkpoint(self._directory, checkpoint)
+            self._checkpoint_file.store(checkpoint)
             self._checkpoint_offset = checkpoint.next_offset
-            self._last_checkpoint = time.monotonic()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -569,28 +330,60 @@ class CommitLog:
         Offsets are consecutive. The records reach the page cache (one ``os.write`` per segment
         touched), not the disk: call :meth:`sync` for durability. Rolls to a new segment first
         when the active one is too old, and whenever the next record would push a non-empty
-        segment past ``segment_bytes``. If a write fails the active segment is cut back, but
-        records already written to a segment that was rolled in the same call stay.
+        segment past ``segment_bytes``.
+
+        All or nothing: if anything fails (a full disk after a roll included), the log is cut
+        back to where it was before the call, segments the call created are removed, and the
+        error is raised; the log stays usable.
         """
         self._require_writable()
         with self._lock:
+            if not records:
+                return max(self._segments[-1].next_offset, self._reserved)
+            if self._reserved > self._segments[-1].next_offset:
+                self._roll_locked(self._reserved)
             active = self._segments[-1]
             first = active.next_offset
-            if not records:
-                return first
-            if (
-                self.segment_max_age is not None
-                and active.size > 0
-                and active.first_timestamp is not None
-                and time.time() * 1000 - active.first_timestamp > self.segment_max_age * 1000
-            ):
-                self._roll_locked()
-            limit = self.segment_bytes
-            done = self._segments[-1].append(records, 0, limit)
-            while done < len(records):
-                self._roll_locked()
-                done = self._segments[-1].append(records, done, limit)
+            count, end, durable = len(self._segments), active.end(), self._durable_offset
+            try:
+                if (
+                    self.segment_max_age is not None
+                    and active.size > 0
+                    and active.first_timestamp is not None
+                    and time.time() * 1000 - active.first_timestamp > self.segment_max_age * 1000
+                ):
+                    self._roll_locked()
+                limit = self.segment_bytes
+                done = self._segments[-1].append(records, 0, limit)
+                while done < len(records):
+                    self._roll_locked()
+                    done = self._segments[-1].append(records, done, limit)
+            except BaseException:
+                self._cut_back_locked(count, end, durable)
+                raise
             return first
+
+    def _cut_back_locked(self, count: int, end: SegmentEnd, durable: int) -> None:
+        """Undo a failed append: drop the segments it created, cut the one it started in."""
+        created = self._segments[count:]
+        del self._segments[count:]
+        del self._bases[count:]
+        for seg in created:
+            self._open_sealed.pop(seg.base_offset, None)
+            seg.delete()
+        active = self._segments[-1]
+        self._open_sealed.pop(active.base_offset, None)
+        active.cut_back(end)
+        if created:
+            fsync_dir(self._directory)
+            # A roll moved the checkpoint to a segment that is gone now; everything before
+            # ``end`` was fsynced by that roll (seal), so the checkpoint can name it exactly.
+            self._durable_offset = end.next_offset
+            self._store_checkpoint(
+                Checkpoint(active.base_offset, end.size, end.next_offset), backwards=True
+            )
+        else:
+            self._durable_offset = durable
 
     def roll(self) -> None:
         """Seal the active segment (fsync it, finish its index) and start a new one.
@@ -620,21 +413,51 @@ class CommitLog:
             self._roll_locked()
             return True
 
-    def _roll_locked(self) -> None:
+    def _roll_locked(self, base: int | None = None) -> None:
+        """Start a new segment at ``base`` (default: right after the active one).
+
+        A ``base`` past the active segment's end skips the offsets in between, which must be
+        a recorded gap. An empty active segment is not kept: the new one replaces it.
+        """
         old = self._segments[-1]
-        if old.size == 0:
-            return
-        old.seal()
+        if base is None:
+            if old.size == 0:
+                return
+            base = old.next_offset
+        if old.size:
+            old.seal()
         # Reads reopen it read-only on demand (and an LRU bounds how many stay open).
         old.close_log_fd()
-        new = Segment.create(
-            self._directory, old.next_offset, index_interval=self.index_interval_bytes
-        )
+        new = Segment.create(self._directory, base, index_interval=self.index_interval_bytes)
         fsync_dir(self._directory)
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._durable_offset = max(self._durable_offset, new.base_offset)
+        # The checkpoint moves first: it must never name a segment that is gone.
         self._store_checkpoint(Checkpoint(new.base_offset, 0, new.base_offset))
+        if old.size == 0:
+            del self._segments[-2]
+            del self._bases[-2]
+            old.delete()
+            fsync_dir(self._directory)
+
+    def skip_to(self, offset: int, reason: str) -> Gap | None:
+        """Never use the offsets from the current end up to ``offset`` (exclusive).
+
+        For offsets that were handed out (a subscriber's position, a mirror's cursor) but
+        are not in the log any more: they are recorded as a gap (durably, with ``reason``) and
+        the next append starts at ``offset``. Returns the gap, or None when ``offset`` is not
+        past the end (nothing to skip).
+        """
+        self._require_writable()
+        with self._lock:
+            end = max(self._segments[-1].next_offset, self._reserved)
+            if offset <= end:
+                return None
+            gap = make_gap(end, offset, reason)
+            self._gaps = add_gaps(self._directory, [gap])
+            self._reserved = offset
+            return gap
 
     def sync(self) -> int:
         """fdatasync the active segment; return the offset below which everything is durable.
@@ -661,8 +484,9 @@ class CommitLog:
             os.close(fd)
         with self._lock:
             self._durable_offset = max(self._durable_offset, snapshot.next_offset)
-        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_INTERVAL:
-            self._store_checkpoint(snapshot)
+        # After every fsync, so that the checkpoint names exactly what is durable: recovery
+        # treats damage before it as lost acknowledged data, never as a torn tail.
+        self._store_checkpoint(snapshot)
         return snapshot.next_offset
 
     # -- reading ------------------------------------------------------------------------------
@@ -671,15 +495,20 @@ class CommitLog:
         """Records from ``offset`` on, at most ``max_records`` and about ``max_bytes`` of them.
 
         At least one record is returned when ``offset < next_offset``, however big it is;
-        ``[]`` when ``offset == next_offset``. Raises :class:`NotFoundError` for an offset
-        before :attr:`start_offset` (deleted by retention) or after :attr:`next_offset`, and
-        :class:`CorruptLogError` for a record that fails its checksum.
+        ``[]`` when ``offset == next_offset``. Offsets in a recorded gap hold no record: a read
+        from one starts at the first record after the gap (so the first record returned may
+        have a larger offset than asked for), or returns ``[]`` when no record follows the gap
+        yet (the next append starts after it). Raises :class:`NotFoundError` for an offset
+        before :attr:`start_offset` (deleted by retention) or after :attr:`next_offset`.
+
+        At a bad record (checksum, framing): the good records before it are returned, and the
+        read that starts at it raises :class:`CorruptLogError` naming file, byte and offset.
         """
         self._require_open()
         segments = self._segments
         end = segments[-1].next_offset if segments else 0
-        if offset == end:
-            return []
+        if end <= offset <= max(end, self._reserved):
+            return []  # the end of the log, or a gap the next append will skip
         start = segments[0].base_offset if segments else 0
         if offset < start or offset > end:
             raise NotFoundError(
@@ -689,18 +518,36 @@ class CommitLog:
         out: list[Record] = []
         i = bisect_right(self._bases, offset) - 1
         used = 0
-        while i < len(segments) and len(out) < max_records and (used < max_bytes or not out):
-            seg = segments[i]
-            if offset < seg.next_offset:
-                if seg.sealed:
-                    self._note_sealed_read(seg)
-                used += seg.read(offset, out, max_records - len(out), max_bytes - used)
-                if out:
-                    offset = out[-1].offset + 1
+        try:
+            while i < len(segments) and len(out) < max_records and (used < max_bytes or not out):
+                seg = segments[i]
                 if offset < seg.next_offset:
-                    break  # stopped by a limit inside this segment
-            i += 1
+                    if seg.sealed:
+                        self._note_sealed_read(seg)
+                    used += seg.read(offset, out, max_records - len(out), max_bytes - used)
+                    if out:
+                        offset = out[-1].offset + 1
+                    if offset < seg.next_offset:
+                        break  # stopped by a limit inside this segment
+                i += 1
+        except CorruptLogError:
+            if not out:
+                raise
+            # What is good before the damage is delivered; the next read starts at it.
         return out
+
+    def get(self, offset: int) -> Record:
+        """The record at ``offset`` itself.
+
+        Raises :class:`NotFoundError` when the log does not hold it (deleted by retention,
+        lost in a recorded gap, past the end) and :class:`CorruptLogError` when it is damaged.
+        """
+        records = self.read(offset, max_records=1)
+        if not records or records[0].offset != offset:
+            lost = next((g for g in self._gaps if g.first <= offset < g.end), None)
+            why = f": it was lost ({lost.reason})" if lost is not None else ""
+            raise NotFoundError(f"offset {offset} is not in the log {self._directory}{why}")
+        return records[0]
 
     def _note_sealed_read(self, seg: Segment) -> None:
         open_sealed = self._open_sealed
@@ -717,6 +564,7 @@ class CommitLog:
 
         Cheap when nothing changed (an ``fstat`` and a ``stat``). Never exposes a partial
         record: a record is visible once all of its bytes are there and its checksum matches.
+        Damage the writer has fsynced past stops the reader there, in :attr:`damage`.
         """
         self._require_open()
         if not self.readonly:
@@ -731,7 +579,7 @@ class CommitLog:
             return
         if mtime != self._dir_mtime:
             self._dir_mtime = mtime
-            present = set(self._list_bases())
+            present = set(list_bases(directory))
             if self._segments[-1].base_offset not in present:
                 # Retention overtook this reader entirely: start over from what is there now.
                 with self._lock:
@@ -741,24 +589,27 @@ class CommitLog:
                 self._recover()
                 return
             self._forget_deleted(present)
-        while True:
+            with contextlib.suppress(CorruptLogError):  # a bad file is the writer's to report
+                self._gaps = read_gaps(directory)
+                self._reserved = reserved_end(self._gaps)
+        while self.damage is None:
             last = self._segments[-1]
             grew = self._follow(last)
-            following = log_path_for(directory, last.next_offset)
-            # An empty segment is never rolled (and its successor's name would be its own).
-            if last.next_offset > last.base_offset and following.exists():
+            following = self._successor(last)
+            if following is not None:
                 # The writer rolled: the old segment is complete now. Take its last bytes.
                 self._follow(last)
                 if last.size < os.fstat(last.open_fd()).st_size:
-                    raise CorruptLogError(
-                        last.path, last.size, "bad record in a segment that was rolled"
+                    self.damage = CorruptLogError(
+                        last.path,
+                        last.size,
+                        "bad record in a segment that was rolled",
+                        offset=last.next_offset,
                     )
+                    return
                 last.sealed = True
                 seg = Segment(
-                    directory,
-                    last.next_offset,
-                    index_interval=self.index_interval_bytes,
-                    writable=False,
+                    directory, following, index_interval=self.index_interval_bytes, writable=False
                 )
                 seg.adopt_index(OffsetIndex(seg.index_path), seg.index_interval)
                 self._segments.append(seg)
@@ -766,6 +617,16 @@ class CommitLog:
                 continue
             if not grew:
                 return
+
+    def _successor(self, seg: Segment) -> int | None:
+        """Base offset of the segment the writer rolled to after ``seg``, if it did."""
+        if seg.next_offset == seg.base_offset:
+            return None  # an empty segment is never rolled (it is replaced: see _roll_locked)
+        # Right after it, or after a gap that starts where it ends.
+        for base in (seg.next_offset, *(g.end for g in self._gaps if g.first == seg.next_offset)):
+            if log_path_for(self._directory, base).exists():
+                return base
+        return None
 
     def _follow(self, seg: Segment) -> bool:
         """Parse the complete records appended to ``seg`` since the last look."""
@@ -781,8 +642,7 @@ class CommitLog:
         base = seg.base_offset
         interval = seg.index_interval
         start_size = seg.size
-        with contextlib.suppress(RecordError):
-            # A bad or short record at the tail is a write in progress: look again next time.
+        try:
             for pos, end, rec in iter_records(
                 fd, seg.size, size, expected_offset=seg.next_offset, payloads=False
             ):
@@ -795,6 +655,20 @@ class CommitLog:
                 seg.last_timestamp = rec.timestamp
                 seg.size = end
                 seg.next_offset = rec.offset + 1
+        except RecordError as exc:
+            # Usually a write in progress: look again next time. Unless the writer says it
+            # fsynced past it: then it is damage. (The checkpoint first, the size after it:
+            # the writer moves the checkpoint only over bytes already in the file.)
+            checkpoint = read_checkpoint(self._directory)
+            if (
+                checkpoint is not None
+                and checkpoint.segment_base == base
+                and checkpoint.position > exc.position
+                and (not exc.incomplete or os.fstat(fd).st_size < checkpoint.position)
+            ):
+                self.damage = CorruptLogError(
+                    seg.path, exc.position, exc.reason, offset=seg.next_offset
+                )
         seg.note_scanned(entries, next_index_pos)
         return seg.size > start_size
 
@@ -865,16 +739,6 @@ class CommitLog:
         return info
 
 
-def _load_last_timestamp(seg: Segment) -> None:
-    """Fill in ``seg.last_timestamp`` by scanning from its last index entry."""
-    if seg.size == 0:
-        return
-    _rel, pos = seg.index.lookup(seg.next_offset - seg.base_offset)
-    with contextlib.suppress(RecordError):
-        for _pos, _end, rec in iter_records(seg.open_fd(), pos, seg.size, payloads=False):
-            seg.last_timestamp = rec.timestamp
-
-
 def _info(seg: Segment) -> SegmentInfo:
     if seg.size > 0 and seg.first_timestamp is None:
         with contextlib.suppress(NotFoundError):
@@ -882,7 +746,7 @@ def _info(seg: Segment) -> SegmentInfo:
             seg.first_timestamp = header[2] if header else None
     if seg.size > 0 and seg.last_timestamp is None:
         with contextlib.suppress(NotFoundError, CorruptLogError):
-            _load_last_timestamp(seg)
+            seg.load_last_timestamp()
     if seg.first_timestamp is not None:
         created = seg.first_timestamp / 1000
     else:
@@ -901,139 +765,3 @@ def _info(seg: Segment) -> SegmentInfo:
         first_timestamp=seg.first_timestamp,
         last_timestamp=seg.last_timestamp,
     )
-
-
-# -- standalone readers -------------------------------------------------------------------------
-
-
-def scan_segment(path: Path | str) -> Iterator[Record]:
-    """Iterate the records of one ``.log`` file on its own (e.g. one downloaded from an archive).
-
-    Offsets must start at the base offset in the file name (when it is a segment name) and
-    continue one by one. Raises :class:`CorruptLogError` on a bad or truncated record; stops
-    cleanly at the end of the file.
-    """
-    path = Path(path)
-    expected = parse_base_offset(path.name)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            for _pos, _end, rec in iter_records(fd, 0, size, expected_offset=expected):
-                yield rec
-        except RecordError as exc:
-            raise CorruptLogError(path, exc.position, exc.reason) from None
-    finally:
-        os.close(fd)
-
-
-def verify(directory: Path | str) -> VerifyReport:
-    """Check every record of every segment of a log directory, without changing anything.
-
-    Checks framing and CRCs, that offsets are contiguous within and across segments, and that
-    every index entry points at the record it names. Each problem names the file and the byte
-    position. Safe to run next to a live writer, though its last record may be reported as
-    incomplete if it is being written.
-    """
-    directory = Path(directory)
-    report = VerifyReport()
-    if not directory.is_dir():
-        report.problems.append(f"{directory}: not a directory")
-        return report
-    bases = sorted(
-        b for b in (parse_base_offset(name) for name in os.listdir(directory)) if b is not None
-    )
-    expected: int | None = None
-    for base in bases:
-        path = log_path_for(directory, base)
-        report.segments += 1
-        if expected is not None and base != expected:
-            report.problems.append(
-                f"{path.name}: base offset {base} does not continue the previous segment, "
-                f"which ends at offset {expected}"
-            )
-        positions: dict[int, int] = {}  # offset -> position, only for offsets in the index
-        index = _read_index_entries(index_path_for(directory, base), report)
-        wanted = {base + rel for rel, _pos in index}
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            report.problems.append(f"{path.name}: disappeared while verifying")
-            continue
-        try:
-            size = os.fstat(fd).st_size
-            next_offset, scanned_to = _verify_records(
-                fd, path, base, size, wanted, positions, report
-            )
-            report.bytes += size
-        finally:
-            os.close(fd)
-        for i, (rel, pos) in enumerate(index):
-            if pos < scanned_to and positions.get(base + rel) != pos:
-                report.problems.append(
-                    f"{index_path_for(directory, base).name}: entry {i} (byte {i * ENTRY_SIZE}) "
-                    f"says offset {base + rel} is at byte {pos} of {path.name}, but it is not"
-                )
-        # After a segment we could not read to its end, its successor's base is the best guess.
-        expected = next_offset if scanned_to == size else None
-    checkpoint = read_checkpoint(directory)
-    if checkpoint is not None and bases:
-        path = log_path_for(directory, checkpoint.segment_base)
-        if checkpoint.segment_base in bases and checkpoint.position > path.stat().st_size:
-            report.problems.append(
-                f"{CHECKPOINT_FILE}: position {checkpoint.position} is past the end of {path.name}"
-            )
-        elif checkpoint.segment_base not in bases and checkpoint.segment_base > bases[0]:
-            report.problems.append(f"{CHECKPOINT_FILE}: names missing segment {path.name}")
-    return report
-
-
-def _verify_records(
-    fd: int,
-    path: Path,
-    base: int,
-    size: int,
-    wanted: set[int],
-    positions: dict[int, int],
-    report: VerifyReport,
-) -> tuple[int, int]:
-    """Check every record of one segment; return its next offset and how far it was readable.
-
-    A record that fails its CRC but whose header still frames it (the expected offset, a size
-    that fits) is reported and stepped over, so that one flipped bit yields one problem.
-    """
-    start, expected = 0, base
-    while True:
-        try:
-            for pos, _end, rec in iter_records(
-                fd, start, size, expected_offset=expected, payloads=False
-            ):
-                report.records += 1
-                if rec.offset in wanted:
-                    positions[rec.offset] = pos
-                expected = rec.offset + 1
-            return expected, size
-        except RecordError as exc:
-            report.problems.append(f"{path.name}: byte {exc.position}: {exc.reason}")
-            header = os.pread(fd, HEADER_SIZE, exc.position)
-            if exc.incomplete or len(header) < HEADER_SIZE:
-                return expected, exc.position
-            size_field, _crc, offset, _ts, _attributes = HEADER.unpack(header)
-            end = exc.position + 4 + size_field
-            if offset != expected or size_field < HEADER_SIZE - 4 or end > size:
-                return expected, exc.position
-            report.records += 1
-            start, expected = end, expected + 1
-
-
-def _read_index_entries(path: Path, report: VerifyReport) -> list[tuple[int, int]]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []  # a cache; missing is allowed
-    if len(data) % ENTRY_SIZE:
-        report.problems.append(
-            f"{path.name}: {len(data)} bytes is not a whole number of 8-byte entries"
-        )
-    whole = len(data) - len(data) % ENTRY_SIZE
-    return [struct.unpack_from(">II", data, i) for i in range(0, whole, ENTRY_SIZE)]

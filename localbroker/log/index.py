@@ -8,6 +8,7 @@ can always be rebuilt from the ``.log`` file. In memory the entries live in two
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import struct
@@ -130,6 +131,11 @@ class OffsetIndex:
         """Keep only the first ``count`` entries (in memory)."""
         del self.relative_offsets[count:]
         del self.positions[count:]
+
+    def truncate_file(self, count: int) -> None:
+        """Cut the index file after ``count`` entries (a missing file stays missing)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.path, count * ENTRY_SIZE)
 
     def to_bytes(self) -> bytes:
         """All entries in their on-disk form."""

@@ -16,6 +16,7 @@ This module only knows the frame. Which file a record lives in, and what a bad o
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ __all__ = [
     "RecordError",
     "decode_record",
     "encode_record",
+    "find_record",
     "iter_records",
 ]
 
@@ -172,3 +174,61 @@ def iter_records(
         payload = buf[rel + HEADER_SIZE : rel + 4 + size] if payloads else b""
         yield pos, record_end, Record(offset, timestamp, payload)
         pos = record_end
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def find_record(fd: int, start: int, end: int, min_offset: int) -> tuple[int, int] | None:
+    """The first whole, valid record of ``fd`` at or after byte ``start``: ``(position, offset)``.
+
+    Only records with an offset of at least ``min_offset`` count. Used after a bad record to
+    tell damage in the middle (valid records follow) from a torn tail (nothing valid follows).
+    Candidates are found by the bytes their offset field must start with, so a scan through
+    payloads or zeroed space costs C-speed searches, not a Python step per byte.
+    """
+    # Every record takes at least HEADER_SIZE bytes: that bounds the offsets that can follow.
+    max_offset = min_offset + (end - start) // HEADER_SIZE
+    low, high = min_offset.to_bytes(8, "big"), max_offset.to_bytes(8, "big")
+    shared = 0
+    while shared < 8 and low[shared] == high[shared]:
+        shared += 1
+    prefix = low[:shared]
+    at = start
+    while at + HEADER_SIZE <= end:
+        buf = os.pread(fd, min(SCAN_CHUNK + HEADER_SIZE, end - at), at)
+        if len(buf) < HEADER_SIZE:
+            break  # the file is shorter than ``end``
+        limit = len(buf) - HEADER_SIZE  # candidates whose header lies in this chunk
+        i = 0
+        while i <= limit:
+            hit = buf.find(prefix, i + 8, limit + 8 + shared) if prefix else i + 8
+            if hit < 0:
+                break
+            i = hit - 8
+            size, _crc, offset, _ts, _attributes = HEADER.unpack_from(buf, i)
+            position = at + i
+            if (
+                size >= MIN_SIZE_FIELD
+                and position + 4 + size <= end
+                and min_offset <= offset <= max_offset
+                and _valid_at(fd, position, size)
+            ):
+                return position, offset
+            if size == 0:
+                # Zeroed space: jump to the first byte that could end a size field.
+                nonzero = _NONZERO.search(buf, i)
+                i = max(i + 1, nonzero.start() - 3) if nonzero else len(buf)
+            else:
+                i += 1
+        at += limit + 1
+    return None
+
+
+def _valid_at(fd: int, position: int, size: int) -> bool:
+    data = os.pread(fd, 4 + size, position)
+    try:
+        decode_record(data)
+    except RecordError:
+        return False
+    return True

@@ -13,6 +13,7 @@ import os
 import zlib
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from localbroker.errors import CorruptLogError, NotFoundError
@@ -29,7 +30,7 @@ from localbroker.log.record import (
     iter_records,
 )
 
-__all__ = ["Segment", "index_path_for", "log_path_for", "parse_base_offset"]
+__all__ = ["Segment", "SegmentEnd", "index_path_for", "log_path_for", "parse_base_offset"]
 
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
@@ -55,6 +56,18 @@ def parse_base_offset(name: str, suffix: str = LOG_SUFFIX) -> int | None:
     if len(stem) == 20 and stem.isdigit():
         return int(stem)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEnd:
+    """Where a segment ended at one moment: what :meth:`Segment.cut_back` restores."""
+
+    size: int
+    next_offset: int
+    index_entries: int
+    next_index_pos: int
+    first_timestamp: int | None
+    last_timestamp: int | None
 
 
 class _StaleIndexError(Exception):
@@ -118,9 +131,13 @@ class Segment:
         seg = cls(directory, base_offset, index_interval=index_interval, writable=True)
         # O_EXCL: a file by that name would mean two segments claim the same offsets.
         seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        seg._index = OffsetIndex(seg.index_path)
-        seg._index.write_file()
-        seg._index.open_for_append()
+        try:
+            seg._index = OffsetIndex(seg.index_path)
+            seg._index.write_file()
+            seg._index.open_for_append()
+        except BaseException:
+            seg.delete()  # a half-created segment would block the next try (O_EXCL)
+            raise
         return seg
 
     def open_fd(self) -> int:
@@ -205,19 +222,21 @@ class Segment:
         return bool(HEADER.unpack(header)[2] == self.base_offset + relative_offset)
 
     def rebuild_index(self) -> None:
-        """Rebuild the index by scanning the whole log (and replace the file if writing)."""
+        """Rebuild the index by scanning the whole log (and replace the file if writing).
+
+        A bad record ends the index there: records before it stay readable, and a read past
+        it scans into the damage and reports it.
+        """
         index = OffsetIndex(self.index_path)
         next_pos = self.index_interval
         base = self.base_offset
-        try:
+        with contextlib.suppress(RecordError):
             for pos, _end, rec in iter_records(
                 self.open_fd(), 0, self.size, expected_offset=base, payloads=False
             ):
                 if pos >= next_pos:
                     index.add(rec.offset - base, pos)
                     next_pos = pos + self.index_interval
-        except RecordError as exc:
-            raise CorruptLogError(self.path, exc.position, exc.reason) from None
         if self._index is not None:
             self._index.close()
         self._index = index
@@ -309,6 +328,48 @@ class Segment:
         self.next_offset = offset
         return i
 
+    def end(self) -> SegmentEnd:
+        """The current end of the valid records, for a later :meth:`cut_back`."""
+        return SegmentEnd(
+            self.size,
+            self.next_offset,
+            len(self.index),
+            self._next_index_pos,
+            self.first_timestamp,
+            self.last_timestamp,
+        )
+
+    def cut_back(self, end: SegmentEnd) -> None:
+        """Undo every append since ``end`` was taken, in memory and on disk; write again.
+
+        Only shrinks files (truncation needs no free space), so it works on a full disk.
+        A segment sealed meanwhile (by a roll) becomes the active one again.
+        """
+        if self.sealed:
+            self.close_log_fd()
+            self.sealed = False
+        os.truncate(self.path, end.size)
+        index = self.index
+        index.truncate(end.index_entries)
+        if self.persist_index:
+            index.truncate_file(end.index_entries)
+            index.open_for_append()
+        self.size = end.size
+        self.next_offset = end.next_offset
+        self._next_index_pos = end.next_index_pos
+        self.first_timestamp = end.first_timestamp
+        self.last_timestamp = end.last_timestamp
+        self.open_fd()
+
+    def load_last_timestamp(self) -> None:
+        """Fill in :attr:`last_timestamp` by scanning from the last index entry."""
+        if self.size == 0:
+            return
+        _rel, pos = self.index.lookup(self.next_offset - self.base_offset)
+        with contextlib.suppress(RecordError):
+            for _pos, _end, rec in iter_records(self.open_fd(), pos, self.size, payloads=False):
+                self.last_timestamp = rec.timestamp
+
     def truncate(self, position: int) -> None:
         """Cut the log file at ``position`` (recovery of a torn tail)."""
         os.truncate(self.path, position)
@@ -375,18 +436,23 @@ class Segment:
                 buf_pos, rel = pos, 0
                 chunk = min(chunk * 2, READ_CHUNK_MAX)
                 if len(buf) < HEADER_SIZE:
-                    raise CorruptLogError(self.path, pos, "log file shorter than expected")
+                    raise CorruptLogError(
+                        self.path, pos, "log file shorter than expected", offset=current
+                    )
             size, crc, record_offset, timestamp, _attributes = unpack_from(buf, rel)
             record_len = 4 + size
             if size < MIN_SIZE_FIELD or pos + record_len > end:
                 if pos == entry_pos and pos != 0:
                     raise _StaleIndexError
-                raise CorruptLogError(self.path, pos, f"bad size field {size}")
+                raise CorruptLogError(self.path, pos, f"bad size field {size}", offset=current)
             if record_offset != current:
                 if pos == entry_pos and pos != 0:
                     raise _StaleIndexError
                 raise CorruptLogError(
-                    self.path, pos, f"offset {record_offset} where {current} was expected"
+                    self.path,
+                    pos,
+                    f"offset {record_offset} where {current} was expected",
+                    offset=current,
                 )
             if record_offset < offset:
                 pos += record_len
@@ -400,11 +466,16 @@ class Segment:
                 buf_pos, rel = pos, 0
                 chunk = min(chunk * 2, READ_CHUNK_MAX)
                 if len(buf) < record_len:
-                    raise CorruptLogError(self.path, pos, "log file shorter than expected")
+                    raise CorruptLogError(
+                        self.path, pos, "log file shorter than expected", offset=current
+                    )
             actual = crc32(view[rel + CRC_START : rel + record_len])
             if actual != crc:
                 raise CorruptLogError(
-                    self.path, pos, f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})"
+                    self.path,
+                    pos,
+                    f"crc mismatch (stored {crc:#010x}, computed {actual:#010x})",
+                    offset=current,
                 )
             add(
                 new_record(
@@ -415,6 +486,15 @@ class Segment:
             pos += record_len
             current += 1
             count += 1
+        if pos >= end and current < self.next_offset and count < max_records:
+            # A sealed segment ends where the next one (or a recorded gap) starts.
+            raise CorruptLogError(
+                self.path,
+                end,
+                f"the segment ends at offset {current}, but the next segment starts at offset "
+                f"{self.next_offset} and no gap is recorded for the offsets in between",
+                offset=current,
+            )
         return used
 
 

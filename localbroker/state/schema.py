@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS dlq (
     UNIQUE (subscriber, "offset")
 );
 CREATE INDEX IF NOT EXISTS dlq_by_status ON dlq (status, subscriber);
+CREATE INDEX IF NOT EXISTS dlq_by_dead_at ON dlq (dead_at);  -- alerts: what went dead since
 
 -- Operator requests (from the CLI or dashboard) carried out by the running broker.
 CREATE TABLE IF NOT EXISTS requests (

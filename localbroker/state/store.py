@@ -927,6 +927,38 @@ class StateStore:
         )
         return [_dlq(r) for r in rows]
 
+    async def dlq_dead_since(
+        self, mark: tuple[float, int]
+    ) -> tuple[list[tuple[DLQEntry, int]], tuple[float, int]]:
+        """Entries still dead that went dead after ``mark``, a ``(dead_at, id)`` (for alerts).
+
+        Returns the first such entry of each subscriber with how many it has, oldest first, and
+        the mark of the newest (``mark`` itself when there is none). An entry an operator
+        retried that failed again went dead again: it counts anew.
+        """
+        after = "status = 'dead' AND (dead_at > ?1 OR (dead_at = ?1 AND id > ?2))"
+        newest = await self._one(
+            "read the DLQ",
+            f"SELECT dead_at, id FROM dlq WHERE {after} ORDER BY dead_at DESC, id DESC LIMIT 1",
+            mark,
+        )
+        if newest is None:
+            return [], mark
+        # Up to the newest mark only: entries dead since then are for the next call.
+        rows = await self._all(
+            "read the DLQ",
+            "SELECT * FROM (SELECT *, COUNT(*) OVER (PARTITION BY subscriber) AS new_entries,"
+            " ROW_NUMBER() OVER (PARTITION BY subscriber ORDER BY dead_at, id) AS nth"
+            f" FROM dlq WHERE {after} AND (dead_at < ?3 OR (dead_at = ?3 AND id <= ?4)))"
+            " WHERE nth = 1 ORDER BY dead_at, id",
+            (*mark, newest[0], newest[1]),
+        )
+        fields = [f.name for f in dataclasses.fields(DLQEntry) if f.name != "attempts"]
+        return (
+            [(DLQEntry(**{k: row[k] for k in fields}), row["new_entries"]) for row in rows],
+            (newest[0], newest[1]),
+        )
+
     async def dlq_counts(self) -> dict[str, int]:
         """Entries still dead, by subscriber."""
         rows = await self._all(

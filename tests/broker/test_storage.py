@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from localbroker import Broker, ConfigurationError, CorruptLogError, LogLockedError
 from localbroker.config import load_config
+from localbroker.log import CommitLog
+from tests.broker.damage import reader
 from tests.broker.events import Note
 from tests.waiting import wait_until
 
@@ -61,6 +65,32 @@ async def test_torn_tail_is_truncated_and_the_broker_goes_on(tmp_path: Path) -> 
         await broker.wait_idle()
     assert result.offset == 10
     assert seen == list(range(11))
+
+
+async def test_offsets_read_before_the_log_lost_them_are_never_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[int] = []
+    async with reader(tmp_path, seen) as broker:
+        await broker.publish_many(Note(n=i) for i in range(20))
+        await broker.wait_idle()
+    # What a power cut can leave with fsync="interval": the last records and the checkpoint
+    # never reached the disk, the subscriber's position (in state.db) did.
+    (segment,) = (tmp_path / "log").glob("*.log")
+    with CommitLog(tmp_path / "log", readonly=True) as log:
+        records = log.read(0)
+    os.truncate(segment, segment.stat().st_size - sum(25 + len(r.payload) for r in records[15:]))
+    (tmp_path / "log" / "checkpoint").unlink()
+
+    with caplog.at_level(logging.ERROR, logger="localbroker"):
+        async with reader(tmp_path, seen) as broker:
+            assert "offsets 15..19 (5) were handed out" in caplog.text
+            assert "subscriber 'reader' at 20" in caplog.text
+            results = await broker.publish_many(Note(n=100 + i) for i in range(3))
+            await broker.wait_idle()
+            assert [(g.first, g.end) for g in broker.log.gaps] == [(15, 20)]
+    assert [r.offset for r in results] == [20, 21, 22]
+    assert seen == [*range(20), 100, 101, 102]
 
 
 async def test_configuration_from_environment_and_bad_values(

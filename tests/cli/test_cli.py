@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from localbroker import Broker, RetryPolicy
 from localbroker.cli.main import cli
+from localbroker.log import CommitLog
+from tests.broker.damage import damage_record, stall_reader, write_notes
 from tests.broker.events import CreateUser, Note, UserCreated
 
 
@@ -128,6 +130,49 @@ def test_verify_reports_the_corrupt_file_and_position(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "00000000000000000000.log" in result.output
     assert "problem" in result.output
+
+
+def test_tail_and_inspect_read_up_to_a_torn_tail_and_name_the_torn_record(tmp_path: Path) -> None:
+    # Issue 9, item 5: the last record cut mid-way after a clean close. tail used to print
+    # nothing and exit 1, naming the checkpoint's position instead of the torn record's.
+    asyncio.run(write_notes(tmp_path, 20, segment_bytes=2**20))
+    (segment,) = (tmp_path / "log").glob("*.log")
+    with CommitLog(tmp_path / "log", readonly=True) as log:
+        last = log.read(19)[0]
+    torn_at = segment.stat().st_size - (25 + len(last.payload))
+    os.truncate(segment, torn_at + 30)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["tail", "--data", str(tmp_path), "--from-beginning"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("{")]
+    assert [orjson.loads(line)["data"]["n"] for line in lines] == list(range(19))
+    assert f"{segment} at byte {torn_at} (offset 19)" in result.output
+    result = runner.invoke(cli, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"log damaged: corrupt record in {segment} at byte {torn_at} (offset 19)" in (
+        result.output.replace("\n", "")
+    )
+
+
+def test_inspect_shows_a_stalled_subscriber_and_repair_fixes_it(tmp_path: Path) -> None:
+    asyncio.run(write_notes(tmp_path))
+    damage = damage_record(tmp_path, 50)
+    assert asyncio.run(stall_reader(tmp_path)) == list(range(50))
+    runner = CliRunner()
+    result = runner.invoke(cli, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    output = result.output.replace("\n", "")
+    assert "stalled at 50" in output
+    assert f"subscriber reader stalled at offset 50: corrupt record in {damage.named()}" in output
+
+    result = runner.invoke(cli, ["repair", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "lost offsets 50..50 (1)" in result.output
+    result = runner.invoke(cli, ["inspect", str(tmp_path)])
+    assert "stalled at" not in result.output
+    assert "lost offsets 50..50 (1)" in result.output
+    result = runner.invoke(cli, ["repair", str(tmp_path)])
+    assert "nothing to repair" in result.output
 
 
 async def run_cli(*args: str, timeout: float = 20) -> tuple[int, str]:

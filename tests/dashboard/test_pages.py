@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from localbroker.dashboard import create_app
+from localbroker.dashboard.queries import list_events
+from localbroker.log.repair import repair
+from localbroker.state.event_index import EventQuery
 from localbroker.state.store import StateStore
+from localbroker.view import BrokerView
+from tests.broker.damage import damage_record, stall_reader, write_notes
 from tests.dashboard.conftest import SCRIPT, Blog, client_for, fill
 
 
@@ -278,6 +283,31 @@ async def test_subscribers_analytics_and_system(filled) -> None:
     assert "sync.redis" in system.text
     assert "position" in system.text
     assert system.text.count("not configured") == 1  # the archive
+
+
+async def test_a_stalled_subscriber_is_shown_with_the_damage_that_stalls_it(
+    tmp_path: Path,
+) -> None:
+    await write_notes(tmp_path)
+    damage = damage_record(tmp_path, 50)
+    await stall_reader(tmp_path)
+    async with client_for(create_app(tmp_path)) as client:
+        page = await client.get("/subscribers")
+    [row] = re.findall(r'<tr data-subscriber="reader" class="stalled">(.*?)</tr>', page.text, re.S)
+    assert "stalled at 50" in row
+    [stall] = re.findall(r'<tr class="stall" data-stalled="reader">(.*?)</tr>', page.text, re.S)
+    assert html.escape(damage.named()) in stall
+
+
+async def test_events_read_from_the_log_across_a_gap_are_listed_once(tmp_path: Path) -> None:
+    await write_notes(tmp_path, 2100)
+    damage_record(tmp_path, 999)  # the gap ends one 1000-offset scan window early
+    repair(tmp_path / "log")
+    (tmp_path / "index.db").unlink()  # every event is read from the log
+    async with BrokerView(tmp_path) as view:
+        page = await list_events(view, EventQuery(), before=None, limit=3000)
+    offsets = [row.event.offset for row in page.rows]
+    assert offsets == [n for n in reversed(range(2100)) if n != 999]
 
 
 async def test_token_is_required_on_every_request(filled) -> None:

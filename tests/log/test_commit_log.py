@@ -16,7 +16,7 @@ from localbroker.errors import (
     LogLockedError,
     NotFoundError,
 )
-from localbroker.log import CommitLog, Record, read_checkpoint
+from localbroker.log import CommitLog, Record, encode_record, read_checkpoint
 from tests.log.helpers import TS, batch, payload, read_all
 
 OpenLog = Callable[..., CommitLog]
@@ -250,12 +250,45 @@ def test_reader_never_sees_a_partial_record(open_log: OpenLog, log_dir: Path) ->
         f.write(frame[:30])
     reader.refresh()
     assert reader.next_offset == 2
+    assert reader.damage is None  # not fsynced yet: a write in progress
     assert [r.offset for r in reader.read(0)] == [0, 1]
     with open(segment, "ab") as f:
         f.write(frame[30:])
     reader.refresh()
     assert reader.next_offset == 3
     assert reader.read(2) == [Record(2, TS + 2, payload(2))]
+
+
+def test_reader_stops_at_damage_the_writer_fsynced_past(open_log: OpenLog, log_dir: Path) -> None:
+    writer = open_log()
+    writer.append(batch(0, 2))
+    reader = open_log(readonly=True)
+    writer.append(batch(2, 3))
+    writer.sync()  # the checkpoint now says records 2..4 are durable
+    segment = log_dir / "00000000000000000000.log"
+    position = 2 * len(encode_record(0, TS, payload(0)))
+    data = bytearray(segment.read_bytes())
+    data[position + 30] ^= 0x01  # record 2
+    segment.write_bytes(data)
+    reader.refresh()
+    assert reader.next_offset == 2
+    assert reader.damage is not None
+    assert (reader.damage.position, reader.damage.offset) == (position, 2)
+
+
+def test_reader_across_a_skipped_range(open_log: OpenLog, log_dir: Path) -> None:
+    writer = open_log(segment_bytes=300)
+    writer.append(batch(0, 3))
+    reader = open_log(readonly=True)
+    gap = writer.skip_to(10, "lost in a test")
+    assert gap is not None
+    assert (gap.first, gap.end) == (3, 10)
+    assert writer.read(3) == []  # nothing after the gap yet: the end of the log
+    assert writer.append(batch(10, 2)) == 10
+    reader.refresh()
+    assert [r.offset for r in reader.read(0)] == [0, 1, 2, 10, 11]
+    assert [r.offset for r in reader.read(5)] == [10, 11]
+    assert writer.skip_to(5, "behind the end") is None
 
 
 def test_reader_of_a_directory_that_does_not_exist_yet(log_dir: Path) -> None:

@@ -17,6 +17,7 @@ from localbroker.log.record import (
     RecordError,
     decode_record,
     encode_record,
+    find_record,
     iter_records,
 )
 
@@ -116,5 +117,28 @@ def test_iter_records_without_payloads(tmp_path: Path) -> None:
         assert [r for _p, _e, r in iter_records(fd, 0, len(data), payloads=False)] == [
             Record(0, 5, b"")
         ]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("first", [0, 5, 2**32 - 3, 2**40 + 17])
+@pytest.mark.parametrize(
+    "damage",
+    [b"\x00" * 5000, os.urandom(3000), b'{"torn": "xxxxx', b""],
+    ids=["zeros", "random", "text", "none"],
+)
+def test_find_record_after_damage(tmp_path: Path, first: int, damage: bytes) -> None:
+    good = [encode_record(first + i, 1, b'{"n": %d}' % i) for i in range(3)]
+    path = tmp_path / "seg"
+    # A bad record (offset `first`), damage, then records `first + 1` and on.
+    bad = bytearray(good[0])
+    bad[-2] ^= 0xFF
+    path.write_bytes(bytes(bad) + damage + good[1] + good[2])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        assert find_record(fd, 1, size, first) == (len(bad) + len(damage), first + 1)
+        # Only the bad record and the damage: nothing valid follows.
+        assert find_record(fd, 1, len(bad) + len(damage), first) is None
     finally:
         os.close(fd)

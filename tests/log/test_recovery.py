@@ -129,46 +129,88 @@ def test_torn_tail_after_checkpoint_is_truncated_with_a_warning(
     assert SEGMENT_0 in message
 
 
-def test_flipped_byte_after_checkpoint_is_a_torn_tail(
-    open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def _crash_with_stale_checkpoint(open_log: OpenLog, log_dir: Path) -> None:
+    """Six records; a crash leaves a checkpoint that names only the first three.
+
+    What a power cut can leave (the checkpoint is not fsynced), or an older version of the
+    log whose checkpoint trailed the fsyncs.
+    """
     log = open_log()
     log.append(batch(0, 3))
     log.sync()
     checkpoint = read_checkpoint(log_dir)
     assert checkpoint is not None
     log.append(batch(3, 3))
-    # Simulate a crash: no close. Keep the checkpoint that was written at open/sync time.
+    log.sync()
     crash(log)
     (log_dir / CHECKPOINT_FILE).write_bytes(checkpoint.encode())
+
+
+def test_flipped_byte_after_checkpoint_with_records_after_it_is_damage(
+    open_log: OpenLog, log_dir: Path
+) -> None:
+    _crash_with_stale_checkpoint(open_log, log_dir)
+    segment = log_dir / SEGMENT_0
+    data = bytearray(segment.read_bytes())
+    ends = _frame_ends(batch(0, 6))
+    data[ends[3] + 30] ^= 0xFF  # inside record 4; record 5 follows intact
+    segment.write_bytes(data)
+    with pytest.raises(CorruptLogError) as info:
+        open_log()
+    assert (info.value.position, info.value.offset) == (ends[3], 4)
+    assert f"valid records follow from byte {ends[4]} (offset 5)" in str(info.value)
+    assert "localbroker repair" in str(info.value)
+    assert segment.read_bytes() == data  # nothing was cut
+
+
+def test_flipped_byte_in_the_last_record_after_checkpoint_is_a_torn_tail(
+    open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _crash_with_stale_checkpoint(open_log, log_dir)
     segment = log_dir / SEGMENT_0
     size = os.path.getsize(segment)
     data = bytearray(segment.read_bytes())
     ends = _frame_ends(batch(0, 6))
-    data[ends[3] + 30] ^= 0xFF  # inside record 4
+    data[ends[4] + 30] ^= 0xFF  # inside record 5, the last
     segment.write_bytes(data)
     with caplog.at_level(logging.WARNING, logger="localbroker.log"):
         log = open_log()
-    assert log.next_offset == 4
-    assert os.path.getsize(segment) == ends[3]
-    assert f"dropped {size - ends[3]} bytes" in caplog.text
+    assert log.next_offset == 5
+    assert os.path.getsize(segment) == ends[4]
+    [message] = [r.getMessage() for r in caplog.records if r.name == "localbroker.log"]
+    assert f"torn record at byte {ends[4]} (offset 5)" in message
+    assert f"dropped {size - ends[4]} bytes" in message
 
 
-def test_flipped_byte_before_checkpoint_fails_open(open_log: OpenLog, log_dir: Path) -> None:
+def test_flipped_byte_in_the_last_durable_record_is_cut_and_its_offset_kept_unused(
+    open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     log = open_log()
     log.append(batch(0, 5))
     log.close()
     segment = log_dir / SEGMENT_0
     data = bytearray(segment.read_bytes())
     ends = _frame_ends(batch(0, 5))
-    data[ends[3] + 40] ^= 0x01  # inside the last record, which open re-checks
+    data[ends[3] + 40] ^= 0x01  # inside the last record, which the checkpoint covers
     segment.write_bytes(data)
-    with pytest.raises(CorruptLogError) as info:
-        open_log()
-    assert info.value.position == ends[3]
-    assert SEGMENT_0 in str(info.value)
-    assert f"byte {ends[3]}" in str(info.value)
-    assert os.path.getsize(segment) == len(data)  # nothing dropped
+    with caplog.at_level(logging.ERROR, logger="localbroker.log"):
+        log = open_log()
+    [message] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert f"{SEGMENT_0}: crc mismatch" in message
+    assert f"at byte {ends[3]} (offset 4)" in message
+    assert "offsets 4..4 (1)" in message
+    [gap] = log.gaps
+    assert (gap.first, gap.end) == (4, 5)
+    assert gap.quarantine is not None
+    assert (log_dir / gap.quarantine).read_bytes() == data[ends[3] :]  # kept, not destroyed
+    assert os.path.getsize(segment) == ends[3]
+    # The lost offset is never handed out again.
+    assert log.append([(TS, b"after")]) == 5
+    assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 5]
+    log.close()
+    log = open_log()
+    assert [r.offset for r in log.read(3)] == [3, 5]
+    assert log.append([(TS, b"more")]) == 6
 
 
 def test_flipped_byte_early_in_durable_data_fails_the_read(
@@ -191,31 +233,52 @@ def test_flipped_byte_early_in_durable_data_fails_the_read(
     assert [r.offset for r in log.read(1)] == list(range(1, 10))
 
 
-def test_segment_shorter_than_checkpoint_fails_open(open_log: OpenLog, log_dir: Path) -> None:
+def test_torn_tail_after_a_clean_close_is_cut_where_the_torn_record_starts(
+    open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 9, item 5: the last record cut in the middle after a clean close.
     log = open_log()
     log.append(batch(0, 5))
     log.close()
     segment = log_dir / SEGMENT_0
-    os.truncate(segment, os.path.getsize(segment) - 10)
-    with pytest.raises(CorruptLogError, match="checkpoint"):
-        open_log()
+    ends = _frame_ends(batch(0, 5))
+    os.truncate(segment, ends[4] - 10)
+    with caplog.at_level(logging.WARNING, logger="localbroker.log"):
+        reader = open_log(readonly=True)
+    # A reader reads up to the damage and names the torn record's own position.
+    assert reader.next_offset == 4
+    assert [r.offset for r in reader.read(0)] == [0, 1, 2, 3]
+    assert reader.damage is not None
+    assert (reader.damage.position, reader.damage.offset) == (ends[3], 4)
+    reader.close()
+    assert not caplog.records  # a reader changes and drops nothing
+    with caplog.at_level(logging.WARNING, logger="localbroker.log"):
+        log = open_log()
+    [message] = [r.getMessage() for r in caplog.records]
+    assert f"at byte {ends[3]} (offset 4)" in message
+    assert f"{ends[4] - 10 - ends[3]} damaged bytes kept" in message
+    assert os.path.getsize(segment) == ends[3]
+    assert log.append([(TS, b"after")]) == 5  # offset 4 was acknowledged: never reused
 
 
-def test_empty_last_segment_after_a_crash_during_roll(open_log: OpenLog, log_dir: Path) -> None:
-    log = open_log(segment_bytes=300)
-    log.append(batch(0, 4))  # fills segment 0 exactly
-    log.close()
-    (log_dir / "00000000000000000004.log").touch()  # created, nothing written, no index
-    (log_dir / CHECKPOINT_FILE).unlink()
-    log = open_log(segment_bytes=300)
-    assert (log.start_offset, log.next_offset) == (0, 4)
-    assert [s.base_offset for s in log.segments()] == [0, 4]
-    log.append(batch(4, 2))
-    assert [r.offset for r in log.read(0)] == list(range(6))
-
-
-def test_segments_after_a_hole_are_dropped(
+def test_file_cut_at_a_record_boundary_before_the_checkpoint(
     open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = open_log()
+    log.append(batch(0, 5))
+    log.close()
+    ends = _frame_ends(batch(0, 5))
+    os.truncate(log_dir / SEGMENT_0, ends[2])
+    with caplog.at_level(logging.ERROR, logger="localbroker.log"):
+        log = open_log()
+    assert "no bytes were left of them" in caplog.text
+    assert [(g.first, g.end, g.quarantine) for g in log.gaps] == [(3, 5, None)]
+    assert log.next_offset == 3
+    assert log.append([(TS, b"after")]) == 5
+
+
+def test_a_torn_sealed_segment_is_damage_and_nothing_is_dropped(
+    open_log: OpenLog, log_dir: Path
 ) -> None:
     log = open_log(segment_bytes=300)
     log.append(batch(0, 4))
@@ -227,14 +290,15 @@ def test_segments_after_a_hole_are_dropped(
     (log_dir / CHECKPOINT_FILE).write_bytes(checkpoint.encode())  # as if we crashed at the roll
     segment_4 = log_dir / "00000000000000000004.log"
     os.truncate(segment_4, os.path.getsize(segment_4) - 1)
-    with caplog.at_level(logging.WARNING, logger="localbroker.log"):
-        log = open_log(segment_bytes=300)
-    assert log.next_offset == 7
-    assert [s.base_offset for s in log.segments()] == [0, 4]
-    assert not (log_dir / "00000000000000000008.log").exists()
-    assert "2 later segment(s) removed" in caplog.text
-    log.append(batch(7, 1))
-    assert [r.offset for r in log.read(0)] == list(range(8))
+    files = {p.name: p.read_bytes() for p in log_dir.glob("*.log")}
+    with pytest.raises(CorruptLogError) as info:
+        open_log(segment_bytes=300)
+    assert info.value.segment == segment_4
+    assert info.value.offset == 7
+    assert files == {p.name: p.read_bytes() for p in log_dir.glob("*.log")}
+    reader = open_log(readonly=True)
+    assert [r.offset for r in reader.read(0)] == list(range(7))
+    assert reader.damage is not None
 
 
 @pytest.mark.parametrize("damage", ["missing", "short", "garbage", "stale"])
