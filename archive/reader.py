@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from localbroker.errors import ConfigurationError, SerializationError
-from localbroker.events import Event, decode_envelope, to_event
+from localbroker.events import Event, decode_envelope
 from localbroker.log import scan_segment
 from localbroker.log.segment import log_path_for
+from localbroker.registry import EventRegistry
 from localbroker.topics import TopicPattern
 
 from .config import S3Location
@@ -25,12 +26,20 @@ __all__ = ["ArchiveReader", "ArchivedEvent", "read"]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ArchivedEvent:
-    """One archived event: its log offset, append time and envelope (``data`` is the payload)."""
+    """One archived event: its log offset, append time and envelope (``data`` is the payload).
+
+    ``envelope`` and ``payload`` are as stored; :meth:`to_event` upcasts (with the registry
+    the reader was given, e.g. ``broker.registry``) to the version of the class asked for.
+    """
 
     offset: int
     timestamp: int
     """Append time, milliseconds since the epoch."""
     envelope: dict[str, Any]
+    registry: EventRegistry = dataclasses.field(
+        default_factory=EventRegistry, repr=False, compare=False
+    )
+    """Event classes and upcasters used by :meth:`to_event`."""
 
     @property
     def topic(self) -> str:
@@ -43,8 +52,13 @@ class ArchivedEvent:
         return data
 
     def to_event(self, cls: type[Event] | None = None) -> Event:
-        """The event as its registered class (or ``cls``, or a GenericEvent)."""
-        return to_event(self.envelope, cls)
+        """The event as ``cls`` (default: the newest class of its topic in the registry, else
+        a GenericEvent), upcast to that class's version.
+
+        Raises :class:`~localbroker.errors.SerializationError` naming the event when it cannot
+        be upcast (no upcaster on the way) or does not fit the class.
+        """
+        return self.registry.to_event(self.envelope, cls)
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope with the offset and append time added (for JSON lines, tables)."""
@@ -68,15 +82,25 @@ class ArchiveReader:
 
     Example::
 
-        reader = ArchiveReader(S3Location(bucket="events", prefix="shop"))
+        reader = ArchiveReader(S3Location(bucket="events", prefix="shop"), registry=broker.registry)
         for event in reader.events(topics=["order.*"], since=datetime(2026, 1, 1, tzinfo=UTC)):
             print(event.offset, event.payload)
+            order = event.to_event(OrderPlaced)     # stored v1 events upcast to OrderPlaced's version
 
     ``store`` replaces the store the location names (its ``prefix`` still applies).
+    ``registry``: the event classes and upcasters :meth:`ArchivedEvent.to_event` uses
+    (``broker.registry``, a router's ``registry``, or one of your own).
     """
 
-    def __init__(self, location: S3Location, store: ObjectStore | None = None) -> None:
+    def __init__(
+        self,
+        location: S3Location,
+        store: ObjectStore | None = None,
+        *,
+        registry: EventRegistry | None = None,
+    ) -> None:
         self.objects = ArchiveObjects(store or open_store(location), location.prefix)
+        self.registry = registry if registry is not None else EventRegistry()
 
     def manifests(
         self,
@@ -134,7 +158,9 @@ class ArchiveReader:
                                 p.matches(topic) for p in patterns
                             )
                         if hit:
-                            yield ArchivedEvent(record.offset, record.timestamp, envelope)
+                            yield ArchivedEvent(
+                                record.offset, record.timestamp, envelope, self.registry
+                            )
                 finally:
                     path.unlink(missing_ok=True)
 
@@ -157,13 +183,15 @@ def read(
     until: datetime | float | None = None,
     endpoint_url: str | None = None,
     region: str | None = None,
+    registry: EventRegistry | None = None,
 ) -> Iterator[ArchivedEvent]:
     """Iterate archived events from the archive alone (no broker, no data directory): in the
     S3 ``bucket``, or the local ``directory``.
 
     ``topics``: exact topics or patterns (``order.*``); ``since`` / ``until``: append time,
     aware datetimes or epoch seconds, ``since`` included, ``until`` excluded. Only segments
-    whose manifest overlaps the request are downloaded.
+    whose manifest overlaps the request are downloaded. ``registry`` (``broker.registry``):
+    the classes and upcasters ``event.to_event()`` uses to read older versions.
 
     Example::
 
@@ -171,7 +199,7 @@ def read(
 
         for event in read(bucket="events", prefix="shop", topics=["order.placed"],
                           since=datetime(2026, 11, 1, tzinfo=UTC)):
-            total += event.payload["amount"]
+            total += event.to_event(OrderPlaced).amount
     """
     location = S3Location(
         bucket=bucket,
@@ -180,4 +208,4 @@ def read(
         endpoint_url=endpoint_url,
         region=region,
     )
-    return ArchiveReader(location).events(topics, since, until)
+    return ArchiveReader(location, registry=registry).events(topics, since, until)

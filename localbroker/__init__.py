@@ -2,15 +2,18 @@
 
 Example::
 
-    from localbroker import Broker, Event
+    from localbroker import Broker, Event, Router
 
     class UserCreated(Event, topic="user.created"):
         user_id: str
 
-    broker = Broker("./data")
+    router = Router()                       # in the module that handles users
 
-    @broker.subscriber("user.created", name="email")
+    @router.subscriber("user.created", name="email")
     async def welcome(event: UserCreated) -> None: ...
+
+    broker = Broker("./data")
+    broker.include_router(router)
 
     async with broker:
         await broker.publish(UserCreated(user_id="u1"))
@@ -23,6 +26,7 @@ from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health, Stall, SubscriberHealth
+from localbroker.broker.router import Router
 from localbroker.config import BrokerConfig, FsyncPolicy, MissingState, RetryPolicy, StartFrom
 from localbroker.errors import (
     ArchiveError,
@@ -41,6 +45,7 @@ from localbroker.errors import (
     SyncError,
 )
 from localbroker.events import Command, Event, GenericEvent, PublishResult
+from localbroker.registry import EventRegistry
 from localbroker.state.store import DLQEntry, ErrorRecord
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "DeliveryState",
     "ErrorRecord",
     "Event",
+    "EventRegistry",
     "Extension",
     "FsyncPolicy",
     "GenericEvent",
@@ -75,6 +81,7 @@ __all__ = [
     "PublishResult",
     "RejectEvent",
     "RetryPolicy",
+    "Router",
     "SerializationError",
     "Stall",
     "StartFrom",

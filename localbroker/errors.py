@@ -3,7 +3,7 @@
 Every error derives from one root, so ``except LocalBrokerError`` catches them all::
 
     LocalBrokerError
-    ├── ConfigurationError        bad option, URL or environment value
+    ├── ConfigurationError        bad option, URL or environment value; event classes without upcasters between them
     ├── BrokerStateError          broker not started, already closed, directory in use
     │   └── LogLockedError        another process holds the log directory's writer lock
     ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)

@@ -24,7 +24,7 @@ import orjson
 import uuid_utils
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from localbroker.errors import SerializationError
+from localbroker.errors import ConfigurationError, SerializationError
 from localbroker.topics import validate_topic
 
 __all__ = [
@@ -36,15 +36,13 @@ __all__ = [
     "check_keys",
     "decode_envelope",
     "encode_event",
-    "event_class_for",
     "new_event_id",
+    "to_event",
 ]
 
 ENVELOPE_FIELDS = frozenset(
     {"id", "topic", "time", "key", "version", "correlation_id", "causation_id", "headers"}
 )
-
-_registry: dict[str, type[Event]] = {}
 
 
 def new_event_id() -> str:
@@ -59,11 +57,16 @@ def _utcnow() -> datetime:
 class Event(BaseModel):
     """Base class of typed events.
 
-    Subclasses name their topic (and optionally a schema version) as class keywords::
+    Subclasses name their topic (and optionally a schema version, default 1) as class
+    keywords; the docstring documents the topic (schema registry, dashboard, AsyncAPI)::
 
         class OrderPlaced(Event, topic="order.placed", version=2):
+            '''An order was paid for: start shipping.'''
             order_id: str
             amount: int
+
+    A new version of a topic is a new class with the next version, plus an upcaster that
+    turns stored events of the old version into the new one (``Broker.upcaster``).
 
     ``id`` and ``time`` are filled in when the event is created; ``correlation_id`` and
     ``causation_id`` are filled in by :meth:`Broker.publish` from the event being handled,
@@ -99,6 +102,10 @@ class Event(BaseModel):
         if topic is not None:
             cls.__topic__ = validate_topic(topic)
         if version is not None:
+            if type(version) is not int or version < 1:
+                raise ConfigurationError(
+                    f"{cls.__qualname__}: version must be an integer >= 1, not {version!r}"
+                )
             cls.__version__ = version
 
     @classmethod
@@ -107,7 +114,6 @@ class Event(BaseModel):
         changed = False
         if cls.__topic__ is not None and cls.model_fields["topic"].default != cls.__topic__:
             cls.model_fields["topic"].default = cls.__topic__
-            _registry[cls.__topic__] = cls
             changed = True
         if cls.model_fields["version"].default != cls.__version__:
             cls.model_fields["version"].default = cls.__version__
@@ -264,14 +270,13 @@ def decode_envelope(payload: bytes) -> dict[str, Any]:
     return envelope
 
 
-def event_class_for(topic: str) -> type[Event]:
-    """The event class registered for ``topic``, or :class:`GenericEvent`."""
-    return _registry.get(topic, GenericEvent)
+def to_event(envelope: dict[str, Any], cls: type[Event] = GenericEvent) -> Event:
+    """Build an event of ``cls`` from a stored envelope, as it is (no upcasting).
 
-
-def to_event(envelope: dict[str, Any], cls: type[Event] | None = None) -> Event:
-    """Build an event of ``cls`` (default: the class registered for its topic) from an envelope."""
-    target = cls if cls is not None and cls is not Event else event_class_for(envelope["topic"])
+    Readers that may meet older versions use :meth:`EventRegistry.to_event
+    <localbroker.registry.EventRegistry.to_event>`, which upcasts first.
+    """
+    target = GenericEvent if cls is Event else cls
     data = envelope.get("data") or {}
     fields = {k: v for k, v in envelope.items() if k != "data"}
     try:

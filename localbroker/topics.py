@@ -53,6 +53,11 @@ class TopicPattern:
         self._tokens = tuple(tokens)
         self._exact = "*" not in tokens and ">" not in tokens
 
+    @property
+    def exact(self) -> bool:
+        """Whether it is a plain topic (no wildcard)."""
+        return self._exact
+
     def matches(self, topic: str) -> bool:
         """Whether ``topic`` is matched by this pattern."""
         if self._exact:

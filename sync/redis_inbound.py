@@ -6,6 +6,10 @@ the stream. Each batch is appended to the local log with one ``publish_many`` (d
 returns) and only then XACKed. Entries left pending by a dead instance are taken over with
 XAUTOCLAIM once idle for ``claim_idle`` seconds.
 
+Events are appended as they arrive, with the ``version`` the entry names (1 when it names
+none), never converted: like every event in the log they are upcast when they are read for a
+handler (``Broker.upcaster``), so the producer and this service may be on different versions.
+
 Never twice, conflicts and refused entries: see :mod:`localbroker.sync.inbound`. Entries that
 cannot be used (no ``data`` field, JSON that is not an object, bytes that are not UTF-8, ...)
 are acknowledged, so that they neither come back forever nor hold back the group; they stay in

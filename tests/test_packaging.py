@@ -150,6 +150,10 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("from localbroker.sync import NatsJetStream", "nats"),
         ("import localbroker.dashboard", "dashboard"),
         ("from localbroker import Alerts; Alerts(url='https://hooks.example.com/x')", "alerts"),
+        (
+            "from localbroker.schemas import sample; from localbroker import Event; sample(Event)",
+            "schema",
+        ),
     ],
 )
 def test_a_missing_extra_raises_one_error_naming_it(statement: str, extra: str) -> None:
@@ -192,8 +196,12 @@ def test_parquet_export_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [(["archive", "run", "--bucket", "events"], "s3"), (["dashboard"], "dashboard")],
-    ids=["archive", "dashboard"],
+    [
+        (["archive", "run", "--bucket", "events"], "s3"),
+        (["dashboard"], "dashboard"),
+        (["schema", "sample", "user.created"], "schema"),
+    ],
+    ids=["archive", "dashboard", "schema"],
 )
 def test_cli_reports_a_missing_extra_in_one_line(
     tmp_path: Path, command: list[str], extra: str

@@ -23,6 +23,7 @@ from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
 from localbroker.broker.positions import handed_out
+from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
@@ -50,6 +51,8 @@ from localbroker.events import (
 )
 from localbroker.log import CommitLog, Record
 from localbroker.log.gaps import GAPS_FILE
+from localbroker.registry import EventRegistry, Upcaster
+from localbroker.schemas import SchemaRecorder
 from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.retention import HistoryTrimmer
 from localbroker.state.store import StateStore, state_exists
@@ -60,6 +63,7 @@ __all__ = ["SYNC_STATUS_PREFIX", "Broker", "ColdReader", "Extension", "StatusRep
 logger = logging.getLogger("localbroker")
 
 F = TypeVar("F", bound=Handler)
+U = TypeVar("U", bound=Upcaster)
 T = TypeVar("T")
 
 
@@ -195,6 +199,9 @@ class Broker:
         self._loop_thread: int | None = None
         self.dlq = DeadLetterQueue(lambda: self.store, self._wake_for_redelivery)
         """The dead letter queue: list, show, retry and discard entries."""
+        self.registry = EventRegistry()
+        """The event classes (by topic and version) and upcasters of this broker."""
+        self._schemas = SchemaRecorder(self.registry, self._subscriptions)
 
     # -- registration ----------------------------------------------------------------------
 
@@ -223,6 +230,13 @@ class Broker:
           an offset or a datetime (default: the broker's ``start_from``).
         - ``dont_retry``: exception types that send the event straight to the DLQ.
 
+        The annotation of the handler's event parameter narrows what it receives: a handler
+        typed ``UserCreated`` on ``user.*`` receives ``user.created`` only (the other topics
+        are not delivered to it: no failure), ``UserCreated | UserDeleted`` both topics, an
+        untyped one (or typed :class:`Event`) every topic of the patterns as
+        :class:`GenericEvent`. Each event is upcast to the version of the class it is
+        delivered as (see :meth:`upcaster`); the classes are registered (:meth:`register`).
+
         Registering the same handler under the same name again changes nothing; another
         handler under a name already taken raises :class:`ConfigurationError`.
         """
@@ -233,6 +247,7 @@ class Broker:
         for topic in topics:
             TopicPattern(topic)
         spec = HandlerSpec.inspect(handler)
+        patterns = spec.receives(topics)
         name = (
             name
             or f"{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', handler)}"
@@ -257,19 +272,76 @@ class Broker:
             raise ConfigurationError(f"invalid options for subscriber {name!r}: {exc}") from exc
         existing = self._subscriptions.get(name)
         if existing is not None:
-            if existing.handler.fn is handler and set(existing.patterns) == set(topics):
+            if existing.handler.fn is handler and set(existing.patterns) == set(patterns):
                 return existing
             raise ConfigurationError(
                 f"subscriber {name!r} is already registered with handler "
                 f"{getattr(existing.handler.fn, '__qualname__', existing.handler.fn)}; "
                 "give the second handler its own name"
             )
-        subscription = Subscription(name=name, patterns=tuple(topics), handler=spec, config=config)
+        self._register([c for c in spec.event_types if c.__topic__ is not None], subscriber=name)
+        subscription = Subscription(name=name, patterns=patterns, handler=spec, config=config)
         self._subscriptions[name] = subscription
         if self._started:
             task = asyncio.get_running_loop().create_task(self._start_subscriber(subscription))
             self._tasks.append(task)
         return subscription
+
+    def upcaster(self, topic: str, *, from_version: int) -> Callable[[U], U]:
+        """Decorator registering an upcaster: ``topic``'s payload from ``from_version`` to the next.
+
+        The function takes the payload (``data``) of a stored event of ``from_version`` and
+        returns the payload of ``from_version + 1``; upcasters chain (1 -> 2 -> 3). They are
+        applied whenever an event is read for a handler (live, replay, DLQ retry, events
+        that came in through sync) and by archive reads given ``broker.registry``; stored
+        events are never rewritten. An upcaster that raises sends the event to the DLQ,
+        naming it (fix it, then retry the entry)::
+
+            @broker.upcaster("user.created", from_version=1)
+            def add_email(data: dict) -> dict:
+                return {**data, "email": f"{data['name']}@unknown.invalid"}
+        """
+
+        def register(fn: U) -> U:
+            self.registry.add_upcaster(topic, from_version, fn)
+            return fn
+
+        return register
+
+    def register(self, *classes: type[Event]) -> None:
+        """Register event classes (a handler's classes and published ones are registered anyway).
+
+        Another class for the same topic and version raises :class:`ConfigurationError`
+        now; classes of one topic with no upcasters between their versions raise it when
+        the broker starts (or now, once it runs). Registered classes are recorded in the
+        data directory's schema registry (``localbroker schema list``).
+        """
+        self._register(classes)
+
+    def include_router(self, router: Router) -> None:
+        """Subscribe the handlers of ``router`` and take its event classes and upcasters.
+
+        Example::
+
+            broker = Broker("./data")
+            broker.include_router(users.router)
+        """
+        trial = self.registry.copy()
+        trial.merge(router.registry)  # raises before anything changes
+        if self._started:
+            trial.check()
+        self.registry.merge(router.registry)
+        for routed in router.handlers:
+            self.subscribe(routed.handler, *routed.topics, **routed.options)
+
+    def _register(self, classes: Sequence[type[Event]], subscriber: str | None = None) -> None:
+        if self._started:
+            # Running: nothing checks later, so refuse what would not fit before keeping it.
+            trial = self.registry.copy()
+            trial.register(*classes, subscriber=subscriber)
+            trial.check()
+        self.registry.register(*classes, subscriber=subscriber)
+        self._schemas.touch()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -295,6 +367,7 @@ class Broker:
             return
         if self._closed:
             raise BrokerStateError("a closed broker cannot be started again; create a new one")
+        self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -331,6 +404,7 @@ class Broker:
         if not state_exists(state_path) and log.next_offset > 0:
             self._recreate_from = self._missing_state(state_path)
         self._store = await StateStore.open(state_path, create=True)
+        await self._schemas.record(self._store)
         if cfg.index_events:
             self._index = await EventIndex.open(self.data_dir / "index.db")
         await self._keep_offsets_unique()
@@ -682,8 +756,13 @@ class Broker:
                     "pass them as keywords or rename them"
                 )
             topic = validate_topic(event)
+            # The payload is taken to be of the newest version the broker knows for the topic.
+            newest = self.registry.latest(topic)
+            version = newest.__version__ if newest is not None else 1
             try:
-                event = GenericEvent(topic=topic, key=key, headers=headers or {}, **(data or {}))
+                event = GenericEvent(
+                    topic=topic, key=key, version=version, headers=headers or {}, **(data or {})
+                )
             except TypeError:
                 check_keys(data, topic)  # "keywords must be strings": name the key instead
                 raise
@@ -703,8 +782,12 @@ class Broker:
             raise SerializationError(
                 f"publish takes an Event or a topic name, not {type(event).__name__}"
             )
+        cls = type(event)
+        if cls.__topic__ is not None and cls not in self.registry:
+            self._register([cls])  # ConfigurationError: nothing is stored
         # Fill in the chain in place, so the caller's event shows the ids it was stored with.
         scope = current_scope()
+        self._schemas.note(event, scope)
         if event.correlation_id is None:
             event.correlation_id = scope.correlation_id if scope is not None else event.id
         if scope is not None and scope.causation_id is not None and event.causation_id is None:
@@ -846,6 +929,7 @@ class Broker:
         states = [r.snapshot() for r in self._runtimes.values() if force or r.dirty]
         if states:
             await self.store.save_subscribers(states, os.getpid())
+        await self._schemas.save_if_changed(self.store)
 
     async def _flush_loop(self) -> None:
         interval = self.config.state_flush_interval

@@ -20,6 +20,8 @@ class ChainScope:
 
     correlation_id: str
     causation_id: str | None
+    subscriber: str | None = None
+    """The subscriber whose handler runs in this context (None outside handlers)."""
 
 
 _scope: contextvars.ContextVar[ChainScope | None] = contextvars.ContextVar(
@@ -50,10 +52,10 @@ def chain_scope(correlation_id: str, causation_id: str | None = None) -> Iterato
 
 
 def enter_handler(
-    event_id: str, correlation_id: str | None
+    event_id: str, correlation_id: str | None, subscriber: str | None = None
 ) -> contextvars.Token[ChainScope | None]:
     """Make events published from now on children of ``event_id`` (used by delivery)."""
-    return _scope.set(ChainScope(correlation_id or event_id, event_id))
+    return _scope.set(ChainScope(correlation_id or event_id, event_id, subscriber))
 
 
 def leave_handler(token: contextvars.Token[ChainScope | None]) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import types
 import typing
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localbroker.errors import ConfigurationError
-from localbroker.events import Event
+from localbroker.events import Event, GenericEvent
+from localbroker.topics import TopicPattern
+
+if TYPE_CHECKING:
+    from localbroker.broker.broker import Broker
 
 __all__ = ["DeliveryContext", "Handler", "HandlerSpec"]
 
@@ -59,6 +64,10 @@ class DeliveryContext:
             for chunk in chunks:
                 await render(chunk)
                 ctx.extend()          # still working: renew the ack timer
+            await ctx.broker.publish(ReportBuilt(...))   # joins the event's chain
+
+    ``ctx.broker`` is the broker delivering the event: handlers declared on a
+    :class:`~localbroker.Router` publish through it, needing no module-level broker.
     """
 
     __slots__ = (
@@ -66,6 +75,7 @@ class DeliveryContext:
         "_call",
         "_loop",
         "attempt",
+        "broker",
         "envelope",
         "offset",
         "previous_errors",
@@ -83,7 +93,10 @@ class DeliveryContext:
         ack_timeout: float,
         call: HandlerCall,
         loop: asyncio.AbstractEventLoop,
+        broker: Broker,
     ) -> None:
+        self.broker = broker
+        """The broker delivering the event (to publish from a router's handler)."""
         self.subscriber = subscriber
         """Name of the subscriber the event is delivered to."""
         self.offset = offset
@@ -93,7 +106,8 @@ class DeliveryContext:
         self.previous_errors = previous_errors
         """``Type('message')`` of each earlier failed try, oldest first."""
         self.envelope = envelope
-        """The stored envelope (id, topic, time, key, chain ids, headers, data)."""
+        """The envelope as stored (id, topic, time, key, version, chain ids, headers, data):
+        before any upcasting."""
         self._ack_timeout = ack_timeout
         self._call = call
         self._loop = loop
@@ -111,10 +125,22 @@ class DeliveryContext:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HandlerSpec:
-    """A handler and what its signature asks for."""
+    """A handler and what its signature asks for.
+
+    The annotation of the event parameter chooses the events: a class with a topic receives
+    that topic only (whatever else the patterns match), a union of such classes receives
+    their topics, each as its class; untyped, :class:`Event` or :class:`GenericEvent`
+    receives every topic of the patterns (topics without a class of the union as
+    :class:`GenericEvent`, or as the topicless class named).
+    """
 
     fn: Handler
-    event_type: type[Event] | None
+    event_types: tuple[type[Event], ...]
+    """The event classes of the annotation (empty when untyped)."""
+    by_topic: dict[str, type[Event]]
+    """The class each typed topic is delivered as."""
+    catch_all: type[Event] | None
+    """The class of every other topic, or None when the handler takes its typed topics only."""
     wants_context: bool
     is_async: bool
 
@@ -122,6 +148,7 @@ class HandlerSpec:
     def inspect(cls, fn: Handler) -> HandlerSpec:
         if not callable(fn):
             raise ConfigurationError(f"handler {fn!r} is not callable")
+        name = getattr(fn, "__qualname__", fn)
         params = [
             p
             for p in inspect.signature(fn).parameters.values()
@@ -129,22 +156,100 @@ class HandlerSpec:
         ]
         if not 1 <= len(params) <= 2:
             raise ConfigurationError(
-                f"handler {getattr(fn, '__qualname__', fn)} must take (event) or (event, context), "
+                f"handler {name} must take (event) or (event, context), "
                 f"not {len(params)} positional parameters"
             )
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # annotations naming local classes cannot always be resolved
-            hints = {}
-        annotation = hints.get(params[0].name)
-        event_type = (
-            annotation
-            if isinstance(annotation, type)
-            and issubclass(annotation, Event)
-            and annotation is not Event
-            else None
-        )
+        event_types = _event_types(fn, params[0])
+        by_topic: dict[str, type[Event]] = {}
+        catch_all: type[Event] | None = None
+        for event_type in event_types:
+            topic = event_type.__topic__
+            if topic is None:
+                if catch_all is not None and catch_all is not event_type:
+                    raise ConfigurationError(
+                        f"handler {name}: {catch_all.__name__} and {event_type.__name__} "
+                        "both name no topic; which one would an event be?"
+                    )
+                catch_all = event_type
+            elif by_topic.setdefault(topic, event_type) is not event_type:
+                raise ConfigurationError(
+                    f"handler {name} takes {by_topic[topic].__name__} and "
+                    f"{event_type.__name__}, both of topic {topic!r}: take the newest version "
+                    "only (older stored events are upcast to it)"
+                )
+        if not event_types:
+            catch_all = GenericEvent
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
         )
-        return cls(fn=fn, event_type=event_type, wants_context=len(params) == 2, is_async=is_async)
+        return cls(
+            fn=fn,
+            event_types=event_types,
+            by_topic=by_topic,
+            catch_all=GenericEvent if catch_all is Event else catch_all,
+            wants_context=len(params) == 2,
+            is_async=is_async,
+        )
+
+    def receives(self, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        """What a subscription of this handler to ``patterns`` receives, as patterns.
+
+        ``patterns`` itself when the handler takes every topic; for a typed handler, the
+        topics of its classes (those ``patterns`` match): a handler typed ``UserCreated`` on
+        ``user.*`` receives ``user.created`` and nothing else. Raises
+        :class:`ConfigurationError` for what could never be delivered: a class whose topic
+        no pattern matches, an exact topic none of the classes has.
+        """
+        name = getattr(self.fn, "__qualname__", self.fn)
+        compiled = [TopicPattern(p) for p in patterns]
+        unmatched = [t for t in self.by_topic if not any(p.matches(t) for p in compiled)]
+        if unmatched:
+            raise ConfigurationError(
+                f"handler {name} takes "
+                + ", ".join(f"{self.by_topic[t].__name__} (topic {t!r})" for t in unmatched)
+                + f" but is subscribed to {', '.join(patterns)}, which never delivers it"
+            )
+        if self.catch_all is not None:
+            return patterns
+        foreign = [p for p in compiled if p.exact and p.pattern not in self.by_topic]
+        if foreign:
+            raise ConfigurationError(
+                f"handler {name} is subscribed to {', '.join(p.pattern for p in foreign)} but "
+                f"takes only {', '.join(c.__name__ for c in self.event_types)}: add the "
+                "topic's class to the annotation (a union), or leave it untyped"
+            )
+        return tuple(self.by_topic)
+
+    def event_class(self, topic: str) -> type[Event] | None:
+        """The class an event of ``topic`` is delivered as; None: not for this handler."""
+        return self.by_topic.get(topic, self.catch_all)
+
+
+def _event_types(fn: Handler, param: inspect.Parameter) -> tuple[type[Event], ...]:
+    """The Event classes the annotation of ``param`` names (empty when it names none)."""
+    if param.annotation is inspect.Parameter.empty:
+        return ()
+    try:
+        annotation = typing.get_type_hints(fn).get(param.name)
+    except Exception as exc:
+        # Typically a class defined inside a function, named in a string annotation (or
+        # under `from __future__ import annotations`): guessing "untyped" would deliver
+        # every topic of the patterns to a handler written for one.
+        raise ConfigurationError(
+            f"handler {getattr(fn, '__qualname__', fn)}: cannot resolve the annotation "
+            f"{param.annotation!r} of {param.name!r} ({exc}); define the event class at "
+            "module level"
+        ) from exc
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    found = tuple(m for m in members if isinstance(m, type) and issubclass(m, Event))
+    others = [m for m in members if m not in found and m is not type(None)]
+    if found and others:
+        raise ConfigurationError(
+            f"handler {getattr(fn, '__qualname__', fn)}: the annotation of {param.name!r} "
+            f"mixes event classes with {', '.join(map(repr, others))}"
+        )
+    return found

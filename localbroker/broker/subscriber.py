@@ -32,7 +32,7 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
 )
-from localbroker.events import decode_envelope, to_event
+from localbroker.events import decode_envelope
 from localbroker.log.recovery import REPAIR_HINT
 from localbroker.state.store import SubscriberState
 from localbroker.topics import TopicPattern
@@ -437,7 +437,7 @@ class SubscriberRuntime:
         envelope = d.envelope
         attempt = d.tries + 1
         loop = asyncio.get_running_loop()
-        token = enter_handler(envelope["id"], envelope.get("correlation_id"))
+        token = enter_handler(envelope["id"], envelope.get("correlation_id"), self.name)
         started = time.perf_counter()
         # A def handler's ack timer starts when a thread takes it up, not while it waits for
         # one (behind a hung handler): waiting must not burn its tries.
@@ -451,7 +451,15 @@ class SubscriberRuntime:
         try:
             if "_bad" in envelope:
                 raise SerializationError(envelope["_bad"])
-            event = to_event(envelope, spec.event_type)
+            event_class = spec.event_class(envelope["topic"])
+            if event_class is None:
+                # Only a DLQ entry from before the handler's annotation changed gets here.
+                raise SerializationError(
+                    f"event {envelope['id']} ({envelope['topic']}) is of no topic the handler "
+                    f"takes ({', '.join(c.__name__ for c in spec.event_types)})"
+                )
+            # Upcast to the version of the class the handler takes (never stored back).
+            event = self.broker.registry.to_event(envelope, event_class)
             args: tuple[Any, ...] = (event,)
             if spec.wants_context:
                 context = DeliveryContext(
@@ -463,6 +471,7 @@ class SubscriberRuntime:
                     ack_timeout=self.ack_timeout,
                     call=call,
                     loop=loop,
+                    broker=self.broker,
                 )
                 args = (event, context)
             if self.threads is None:

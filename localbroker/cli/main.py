@@ -16,6 +16,7 @@ from localbroker.cli import archive_cmds
 from localbroker.cli.common import data_option, fmt_time, run
 from localbroker.cli.dashboard_cmd import dashboard
 from localbroker.cli.render import chain_tree, subscribers_table
+from localbroker.cli.schema_cmds import schema_group
 from localbroker.cli.state_cmds import state_group
 from localbroker.cli.sync_cmds import sync_group
 from localbroker.errors import LocalBrokerError
@@ -320,6 +321,7 @@ for command in (
     archive_cmds.archive,
     archive_cmds.export,
     dashboard,
+    schema_group,
     state_group,
     sync_group,
 ):

@@ -17,6 +17,7 @@ from localbroker.broker.subscriber import histogram_quantile
 from localbroker.errors import ConfigurationError, NotFoundError, SerializationError
 from localbroker.events import decode_envelope
 from localbroker.log import CommitLog, Record
+from localbroker.schemas import SCHEMA_PREFIX, TopicSchema
 from localbroker.state.event_index import EventQuery, IndexedEvent, TopicFlow
 from localbroker.state.store import DLQEntry, ErrorRecord
 from localbroker.topics import TopicPattern
@@ -25,6 +26,7 @@ from localbroker.view import BrokerView, SubscriberInfo
 __all__ = [
     "EventDetail",
     "EventPage",
+    "EventSchema",
     "ThroughputMeter",
     "TopicStats",
     "event_detail",
@@ -142,6 +144,39 @@ def _scan_backwards(
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EventSchema:
+    """What the schema registry recorded of an event's topic, for its page."""
+
+    topic: TopicSchema
+    version: int
+    """The event's stored version."""
+    schema_json: str
+    """The JSON Schema of that version's payload (empty when none was recorded)."""
+
+    @property
+    def newest(self) -> int | None:
+        return self.topic.newest
+
+    @property
+    def class_name(self) -> str | None:
+        recorded = self.topic.versions.get(self.version)
+        return recorded.class_name if recorded is not None else None
+
+
+async def event_schema(view: BrokerView, envelope: dict[str, Any]) -> EventSchema | None:
+    """The recorded schema of ``envelope``'s topic at its version (None: nothing recorded)."""
+    raw = await view.store.get_value(f"{SCHEMA_PREFIX}{envelope['topic']}")
+    if raw is None:
+        return None
+    topic = TopicSchema.model_validate(raw)
+    version = envelope.get("version", 1)
+    recorded = topic.versions.get(version)
+    schema = recorded.json_schema if recorded is not None else None
+    text = orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode() if schema else ""
+    return EventSchema(topic, version, text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EventDetail:
     """Everything about one event: envelope, payload, and where it stands with each subscriber."""
 
@@ -155,6 +190,8 @@ class EventDetail:
     """Per subscriber: when its delivery state last changed (deliveries that failed a try)."""
     errors: dict[str, list[ErrorRecord]]
     dlq: dict[str, DLQEntry]
+    schema: EventSchema | None = None
+    """The topic's documentation and the schema of the event's version, when recorded."""
 
     @property
     def state(self) -> str:
@@ -195,6 +232,7 @@ async def event_detail(view: BrokerView, offset: int) -> EventDetail:
         updated={sub: row["updated"] for (sub, _), row in rows.items()},
         errors=dict(errors),
         dlq=dlq,
+        schema=await event_schema(view, envelope) if envelope is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from localbroker import Broker, RetryPolicy
 from localbroker.cli.render import chain_tree, dlq_entry_table, subscribers_table
 from localbroker.view import BrokerView
-from tests.broker.events import CreateUser, UserCreated
+from tests.broker.events import CreateUser, UserCreated, UserRenamed
 
 LONG_NAME = "tests.cli.test_render.a_handler_whose_default_name_is_long"
 
@@ -30,7 +30,7 @@ async def test_chain_subscribers_and_dlq_entry_fit_80_columns(tmp_path: Path) ->
         await broker.publish(UserCreated(user_id="u1", name=cmd.name, key="u1"))
 
     @broker.subscriber("user.created", "user.renamed", name=LONG_NAME, max_tries=2)
-    async def fail(event: UserCreated) -> None:
+    async def fail(event: UserCreated | UserRenamed) -> None:
         # Brackets as in rich markup, and longer than a line: printed as they are, wrapped.
         raise ValueError(f"[bold]not markup[/] {'and a long explanation ' * 4}of {event.name}")
 
