@@ -184,6 +184,10 @@ class BrokerConfig(BaseSettings):
     """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
     Threads still running then are abandoned with a warning: they cannot be stopped, but they
     do not keep the process from exiting, and their events are delivered again after a restart."""
+    index_close_timeout: Annotated[float, Field(ge=0)] = 1.0
+    """Seconds ``close()`` lets the event index (``index.db``) catch up with the log. What it
+    has not indexed by then is indexed at the next start (a WARNING names the offsets); chain
+    queries and the dashboard read those events from the log meanwhile."""
 
     _none_from_environment = field_validator("segment_max_age", "history_retention", mode="before")(
         none_from_environment

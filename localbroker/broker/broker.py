@@ -496,14 +496,30 @@ class Broker:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._indexer is not None:
-                with contextlib.suppress(Exception):
-                    await self._indexer.catch_up()
+                await self._finish_index(self._indexer)
             if self._store is not None:
                 await self._flush(force=True)
                 await self._store.release_subscribers(self._runtimes)
         finally:
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
+
+    async def _finish_index(self, indexer: EventIndexer) -> None:
+        """Let the index catch up for at most ``index_close_timeout``; say what was left."""
+        deadline = asyncio.get_running_loop().time() + self.config.index_close_timeout
+        try:
+            if await indexer.catch_up(deadline):
+                return
+        except Exception as exc:
+            logger.warning("the event index (index.db) could not catch up at close: %s", exc)
+        logger.warning(
+            "closing with the event index (index.db) behind the log: offsets %s..%d are "
+            "indexed at the next start (index_close_timeout=%s s); chain queries read them "
+            "from the log meanwhile",
+            indexer.position,
+            self.visible_offset - 1,
+            self.config.index_close_timeout,
+        )
 
     async def _keep_offsets_unique(self) -> None:
         """Never hand out again an offset that was handed out before the log lost it.

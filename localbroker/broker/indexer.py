@@ -78,11 +78,18 @@ class EventIndexer:
         rows, self._fed = fed[:count], fed[count:]
         return rows
 
-    async def catch_up(self) -> None:
-        """Index everything visible now."""
+    async def catch_up(self, deadline: float | None = None) -> bool:
+        """Index everything visible now; True once done.
+
+        With ``deadline`` (event loop time), stop at the first batch boundary after it and
+        return False: what is left is indexed later (at the next start, for ``close()``).
+        """
         if self.position is None:
             self.position = max(await self.index.next_offset(), self.broker.log.start_offset)
+        loop = asyncio.get_running_loop()
         while self.position < self.broker.visible_offset:
+            if deadline is not None and loop.time() >= deadline:
+                return False
             fed = self._take_fed(self.position, self.broker.visible_offset)
             if fed:
                 await self.index.add(fed)
@@ -97,6 +104,7 @@ class EventIndexer:
                 await asyncio.sleep(0)  # decoding is CPU work on the loop: let deliveries in
             await self.index.add(rows)
             self.position = records[-1].offset + 1
+        return True
 
     async def run(self) -> None:
         reported = ""
