@@ -41,6 +41,7 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
     StateStoreError,
+    StorageFullError,
     SubscriberStalledError,
     SyncError,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Stall",
     "StartFrom",
     "StateStoreError",
+    "StorageFullError",
     "SubscribeOptions",
     "SubscriberHealth",
     "SubscriberStalledError",

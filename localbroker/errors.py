@@ -9,7 +9,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)
     ├── SubscriberStalledError    a subscriber cannot read on (damage in the log); from wait_idle
     ├── StateStoreError           state.db cannot be read or written, or holds a damaged row (names file, subscriber)
-    │   └── MissingStateError     the log holds events but state.db is gone: choose ``on_missing_state``
+    │   ├── MissingStateError     the log holds events but state.db is gone: choose ``on_missing_state``
+    │   └── StorageFullError      the disk holding state.db is full (names the file and what was not saved)
     ├── SerializationError        an event that cannot be encoded or decoded
     ├── NotFoundError             unknown subscriber, DLQ entry, chain or offset
     ├── RejectEvent               raised by a handler: do not retry, dead-letter now
@@ -37,6 +38,7 @@ __all__ = [
     "RejectEvent",
     "SerializationError",
     "StateStoreError",
+    "StorageFullError",
     "SubscriberStalledError",
     "SyncError",
 ]
@@ -155,6 +157,19 @@ class MissingStateError(StateStoreError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return type(self), (self.data_dir, self.first_offset, self.next_offset)
+
+
+class StorageFullError(StateStoreError):
+    """The disk holding ``state.db`` is full: a change could not be saved.
+
+    Nothing is half-saved (the change's transaction is rolled back) and the broker goes on;
+    once space is freed, changes are saved again. Positions not saved when the broker closes
+    mean redelivery after the restart (at least once), never loss::
+
+        /data/state.db: the disk is full: could not save subscriber positions (...)
+    """
+
+    retriable = True
 
 
 class SerializationError(LocalBrokerError, TypeError):

@@ -305,6 +305,7 @@ class SchemaRecorder:
         # cancelled by close() in the middle of it) leaves them unequal, so close saves again.
         self._changes = 0
         self._saved = 0
+        self._failing = False  # the last save failed: report the next failure no more
 
     def note(self, event: Event, scope: ChainScope | None) -> None:
         """``event`` is being published (from a handler when ``scope`` names a subscriber)."""
@@ -343,8 +344,17 @@ class SchemaRecorder:
             return
         try:
             await self._save(store)
-        except Exception:
-            logger.exception("could not record the schemas in %s; will retry", store.path)
+        except Exception as exc:
+            if not self._failing:  # once per outage (a full disk), not at every flush
+                named = isinstance(exc, StateStoreError)  # says what failed, in which file
+                logger.error(
+                    "%s; will retry",
+                    exc if named else f"could not record the schemas in {store.path}: {exc!r}",
+                    exc_info=not named,
+                )
+            self._failing = True
+        else:
+            self._failing = False
 
     async def _save(
         self, store: StateStore, warn_against: dict[str, TopicSchema] | None = None

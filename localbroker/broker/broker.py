@@ -39,6 +39,7 @@ from localbroker.errors import (
     ConfigurationError,
     MissingStateError,
     SerializationError,
+    StateStoreError,
     SubscriberStalledError,
 )
 from localbroker.events import (
@@ -498,8 +499,23 @@ class Broker:
             if self._indexer is not None:
                 await self._finish_index(self._indexer)
             if self._store is not None:
-                await self._flush(force=True)
-                await self._store.release_subscribers(self._runtimes)
+                try:
+                    await self._flush(force=True)
+                    await self._store.release_subscribers(self._runtimes)
+                except StateStoreError as exc:
+                    # Raised once everything is closed (below): the files and threads are
+                    # released either way, and the application learns what was not saved.
+                    logger.error(
+                        "closing without saving subscriber positions (%s): %s; what they "
+                        "handled since their last saved position is delivered again after "
+                        "a restart",
+                        ", ".join(
+                            f"{r.name} at {r.state.committed}" for r in self._runtimes.values()
+                        )
+                        or "none",
+                        exc,
+                    )
+                    raise
         finally:
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
@@ -950,15 +966,27 @@ class Broker:
     async def _flush_loop(self) -> None:
         interval = self.config.state_flush_interval
         last_heartbeat = 0.0
+        failing = False
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             heartbeat = now - last_heartbeat >= 1.0
             try:
                 await self._flush(force=heartbeat)
-            except Exception:
-                logger.exception("could not save subscriber positions; will retry")
+            except Exception as exc:
+                if not failing:  # once per outage (a full disk lasts), not every interval
+                    named = isinstance(exc, StateStoreError)  # says what failed, in which file
+                    logger.error(
+                        "%s; retrying every %s s",
+                        exc if named else f"could not save subscriber positions: {exc!r}",
+                        interval,
+                        exc_info=not named,
+                    )
+                failing = True
                 continue
+            if failing:
+                logger.warning("subscriber positions are saved again in %s", self.store.path)
+                failing = False
             if heartbeat:
                 last_heartbeat = now
                 # An idle log still rolls its active segment by age, so that the segment

@@ -25,7 +25,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from localbroker.errors import BrokerStateError, NotFoundError, StateStoreError
+from localbroker.errors import BrokerStateError, NotFoundError, StateStoreError, StorageFullError
 from localbroker.state.schema import STATE_SCHEMA
 
 __all__ = [
@@ -470,6 +470,13 @@ class StateStore:
             return await self.db.execute(sql, args)
 
     def _failure(self, what: str, exc: sqlite3.Error, subscriber: str | None) -> StateStoreError:
+        if _disk_full(exc):
+            return StorageFullError(
+                self.path,
+                f"the disk is full: could not {what} ({_describe(exc)}); nothing of it was "
+                "saved, and it is saved again once there is free space",
+                subscriber,
+            )
         message = f"could not {what}: {_describe(exc)}"
         if subscriber is not None and "decode" in str(exc):
             message += f"; {REPAIR_HINT}"
@@ -1048,6 +1055,13 @@ class StateStore:
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(k, orjson.dumps(v).decode()) for k, v in values.items()],
             )
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    # SQLITE_FULL; the message test covers a build whose error has no code attached.
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(
+        exc
+    )
 
 
 def _describe(exc: sqlite3.Error) -> str:
