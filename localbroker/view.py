@@ -8,6 +8,7 @@ itself when none runs. An action is never carried out by both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -96,7 +97,9 @@ class BrokerView:
         await asyncio.to_thread(self.log.open)
         self._store = await StateStore.open(self.data_dir / "state.db", readonly=True)
         if (self.data_dir / "index.db").exists():
-            self._index = await EventIndex.open(self.data_dir / "index.db", readonly=True)
+            # One of another format (the broker rebuilds it at its next start): read the log.
+            with contextlib.suppress(NotFoundError):
+                self._index = await EventIndex.open(self.data_dir / "index.db", readonly=True)
 
     async def close(self) -> None:
         if self._store is not None:

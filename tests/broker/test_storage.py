@@ -147,7 +147,7 @@ async def test_index_fed_by_the_writer_matches_an_index_rebuilt_from_the_log(
     tmp_path: Path,
 ) -> None:
     from localbroker.broker.indexer import index_records
-    from localbroker.state.event_index import IndexedEvent
+    from localbroker.state.event_index import EventQuery
 
     broker = Broker(tmp_path, start_from="earliest")
 
@@ -164,8 +164,7 @@ async def test_index_fed_by_the_writer_matches_an_index_rebuilt_from_the_log(
         await broker._indexer.catch_up()
         index = broker._index
         assert index is not None
-        async with index.db.execute('SELECT * FROM events ORDER BY "offset"') as cur:
-            fed = [IndexedEvent(*row) for row in await cur.fetchall()]
+        fed = list(reversed(await index.query(EventQuery(), before=1000, limit=1000)))
         rebuilt = index_records(broker.log.read(0, max_records=1000))
     assert len(fed) == 17  # 11 notes, 6 echoes
     assert fed == rebuilt
