@@ -184,6 +184,11 @@ class BrokerConfig(BaseSettings):
     """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
     Threads still running then are abandoned with a warning: they cannot be stopped, but they
     do not keep the process from exiting, and their events are delivered again after a restart."""
+    index_max_lag: Annotated[int, Field(ge=1)] = 50_000
+    """Events the event index may be behind the log. A publisher that finds it that far behind
+    waits for it to catch up, which happens only under a sustained load above the indexer's
+    rate: the lag, and the time the next start needs to catch up, stay bounded. An index that
+    fails (damage, a full disk) never holds publishers."""
     index_close_timeout: Annotated[float, Field(ge=0)] = 1.0
     """Seconds ``close()`` lets the event index (``index.db``) catch up with the log. What it
     has not indexed by then is indexed at the next start (a WARNING names the offsets); chain

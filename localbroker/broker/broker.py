@@ -411,7 +411,7 @@ class Broker:
         await self._keep_offsets_unique()
         self.visible_offset = log.next_offset
         if self._index is not None:
-            self._indexer = EventIndexer(self, self._index)
+            self._indexer = EventIndexer(self, self._index, max_lag=cfg.index_max_lag)
         self._writer = LogWriter(
             log,
             fsync=cfg.fsync,
@@ -827,6 +827,8 @@ class Broker:
         return event
 
     async def _append(self, records: list[tuple[int, bytes]], metas: list[IndexMeta]) -> int:
+        if self._indexer is not None:
+            await self._indexer.wait_for_room()
         if self._writer is None or self._closed:
             raise BrokerStateError.not_running()
         return await self._writer.append(records, metas)

@@ -50,14 +50,35 @@ def index_records(records: list[Record]) -> list[IndexedEvent]:
 class EventIndexer:
     """Follows the log like a subscriber would and writes index rows in batches."""
 
-    def __init__(self, broker: Broker, index: EventIndex) -> None:
+    def __init__(self, broker: Broker, index: EventIndex, *, max_lag: int) -> None:
         self.broker = broker
         self.index = index
         self.position: int | None = None
+        self.max_lag = max_lag
+        # Set at every step forward, and when the indexer fails or stops: wakes publishers
+        # held by wait_for_room.
+        self._progress = asyncio.Event()
+        self._indexing = False  # run() is going and its last step succeeded
         # Rows of events this process appended, handed over by the writer: indexing them
         # needs no read and no JSON decoding of the log. Bounded: past the cap the indexer
         # drops them and reads the log instead.
         self._fed: list[IndexedEvent] = []
+
+    async def wait_for_room(self) -> None:
+        """Hold a publisher while the index is ``max_lag`` events behind the log.
+
+        Past that, rows fed by the writer would be dropped and the indexer would have to
+        decode the log, which is slower still: the lag would grow without end under a load
+        above its rate. Only a working indexer holds publishers: while it fails (a damaged
+        record, a full disk) or once it has stopped, publishing goes on.
+        """
+        while (
+            self._indexing
+            and self.position is not None
+            and self.broker.visible_offset - self.position >= self.max_lag
+        ):
+            self._progress.clear()
+            await self._progress.wait()
 
     def feed(self, first_offset: int, metas: list[IndexMeta]) -> None:
         """Rows for records just appended at ``first_offset``, ``first_offset + 1``, ..."""
@@ -94,6 +115,7 @@ class EventIndexer:
             if fed:
                 await self.index.add(fed)
                 self.position = fed[-1].offset + 1
+                self._progress.set()
                 continue
             records = self.broker.read_log(self.position, BATCH)
             if not records:
@@ -104,14 +126,25 @@ class EventIndexer:
                 await asyncio.sleep(0)  # decoding is CPU work on the loop: let deliveries in
             await self.index.add(rows)
             self.position = records[-1].offset + 1
+            self._progress.set()
         return True
 
     async def run(self) -> None:
+        try:
+            self._indexing = True
+            await self._run()
+        finally:
+            self._indexing = False
+            self._progress.set()
+
+    async def _run(self) -> None:
         reported = ""
         while True:
             try:
                 await self.catch_up()
             except Exception as exc:
+                self._indexing = False
+                self._progress.set()
                 # E.g. a damaged record: report it once, retry slowly, never die silently.
                 if str(exc) != reported:
                     reported = str(exc)
@@ -124,6 +157,7 @@ class EventIndexer:
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             reported = ""
+            self._indexing = True
             assert self.position is not None
             await self.broker.wait_for_append(self.position)
             # Index in batches a tenth of a second apart rather than after every append: the

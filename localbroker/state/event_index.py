@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -118,16 +117,22 @@ class EventQuery:
         return where, args
 
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 _HEX = frozenset("0123456789abcdef")
 
 
 def pack_id(value: str) -> bytes | str:
     """How an id is stored: a UUID (as ``str(uuid)`` writes it) as its 16 bytes, else as text."""
-    if len(value) == 36 and _UUID.fullmatch(value):
-        return bytes.fromhex(value.replace("-", ""))
-    return value
+    # Cheaper than a regular expression (this runs for three ids per indexed event): 16 bytes
+    # from 36 characters with these four dashes leave no room for other dashes or spaces, and
+    # a lowercase id comes back unchanged from unpack_id.
+    if len(value) != 36 or not value[8] == value[13] == value[18] == value[23] == "-":
+        return value
+    try:
+        packed = bytes.fromhex(value.replace("-", ""))
+    except ValueError:
+        return value
+    return packed if len(packed) == 16 and value.lower() == value else value
 
 
 def unpack_id(value: bytes | str) -> str:

@@ -180,3 +180,35 @@ async def test_an_index_of_the_first_format_is_rebuilt_from_the_log(
     async with BrokerView(data) as view:
         assert view.index is not None
         assert len(await view.index.chain(first)) == 2  # the command and its follow-up
+
+
+async def test_publishers_wait_for_an_index_that_far_behind_but_never_for_a_failing_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    caplog.set_level(logging.ERROR, logger="localbroker")
+    max_lag, batch, events = 2000, 500, 6000
+
+    def failed() -> bool:
+        return any("index.db) cannot go on" in r.getMessage() for r in caplog.records)
+
+    async with Broker(data, fsync="never", index_max_lag=max_lag) as broker:
+        indexer = broker._indexer
+        assert indexer is not None
+        # Another connection holds index.db's write lock: the indexer waits for it (SQLite's
+        # busy timeout, 5 s), then fails, and retries later.
+        blocker = sqlite3.connect(data / "index.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        lags = []
+        for start in range(0, events, batch):
+            await broker.publish_many(Note(n=i) for i in range(start, start + batch))
+            lag = broker.visible_offset - (indexer.position or 0)
+            lags.append(lag)
+            if not failed():  # while indexing works, publishers wait for it
+                assert lag <= max_lag + batch
+        assert max(lags) >= max_lag  # the bound was reached ...
+        assert failed()  # ... and the failing index let the publishers go on
+        assert broker.visible_offset == events
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await wait_until(lambda: indexed_to(data) == events, what="the index to catch up")
