@@ -89,7 +89,9 @@ class EventQuery:
         args: list[Any] = []
         if self.topic is not None:
             topic_where, topic_args = _topic_sql(self.topic)
-            where.append(f"topic IN (SELECT topic_id FROM topics WHERE {topic_where})")
+            # One topic: "=" walks its index entries in offset order, with no sort.
+            op = "=" if topic_where == "name = ?" else "IN"
+            where.append(f"topic {op} (SELECT topic_id FROM topics WHERE {topic_where})")
             args.extend(topic_args)
         if self.key is not None:
             where.append("key = ?")
@@ -100,14 +102,15 @@ class EventQuery:
             args.extend([pack_id(self.correlation_id)] * 2)
         if self.id_prefix is not None:
             # GLOB with a literal prefix uses the id index; the prefix holds no GLOB wildcards.
-            # UUIDs are stored as bytes: their prefix is a range of them.
-            conditions = ["id GLOB ?"]
+            # UUIDs are stored as bytes: their prefix is a range of them. Each in a subquery
+            # of its own: ORed in one condition, the planner walks the offsets instead.
+            matching = ['SELECT "offset" FROM events WHERE id GLOB ?']
             args.append(self.id_prefix + "*")
             bounds = _uuid_range(self.id_prefix)
             if bounds is not None:
-                conditions.append("id BETWEEN ? AND ?")
+                matching.append('SELECT "offset" FROM events WHERE id BETWEEN ? AND ?')
                 args.extend(bounds)
-            where.append(f"({' OR '.join(conditions)})")
+            where.append(f'"offset" IN ({" UNION ALL ".join(matching)})')
         if self.since is not None:
             where.append("time >= ?")
             args.append(self.since * 1000)
