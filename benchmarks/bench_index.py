@@ -17,18 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_core import Tick, row
-from localbroker import Broker, DeliveryContext
+from localbroker import Broker
 from localbroker.broker.indexer import index_records
-
-# Format 1 (before issue 9, item 20), to measure against in the same run.
-FORMAT_1 = """
-CREATE TABLE events ("offset" INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
-    key TEXT, time REAL NOT NULL, correlation_id TEXT, causation_id TEXT);
-CREATE INDEX events_by_id ON events (id);
-CREATE INDEX events_by_correlation ON events (correlation_id);
-CREATE INDEX events_by_topic ON events (topic, "offset");
-CREATE INDEX events_by_time ON events (time);
-"""
+from tests.state.index_files import FORMAT_1_SCHEMA, index_bytes, log_bytes, publish_chains
 
 
 async def repeat(times: int, fn: Callable[[], Awaitable[float]]) -> tuple[float, float]:
@@ -38,30 +29,6 @@ async def repeat(times: int, fn: Callable[[], Awaitable[float]]) -> tuple[float,
     return median, (max(values) - min(values)) / median if median else 0.0
 
 
-def db_bytes(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path.stat().st_size
-
-
-def log_bytes(data: Path) -> int:
-    return sum(p.stat().st_size for p in (data / "log").glob("*.log"))
-
-
-async def publish_chains(data: Path, commands: int) -> None:
-    """``commands`` events, each followed by one its handler publishes (chain and cause ids)."""
-    broker = Broker(data, start_from="earliest", fsync="never", index_events=False)
-
-    @broker.subscriber("bench.tick", name="echo")
-    async def echo(event: Tick, ctx: DeliveryContext) -> None:
-        await ctx.broker.publish("bench.echo", {"n": event.n}, key=f"k{event.n % 100}")
-
-    async with broker:
-        for start in range(0, commands, 1000):
-            await broker.publish_many(Tick(n=i) for i in range(start, min(commands, start + 1000)))
-        await broker.wait_idle(timeout=600)
-
-
 def format_1_bytes(data: Path, into: Path) -> int:
     """index.db as format 1 would hold the same log."""
     from localbroker.log import CommitLog
@@ -69,7 +36,7 @@ def format_1_bytes(data: Path, into: Path) -> int:
     log = CommitLog(data / "log", readonly=True)
     log.open()
     with sqlite3.connect(into) as db:
-        db.executescript(FORMAT_1)
+        db.executescript(FORMAT_1_SCHEMA)
         offset = log.start_offset
         while offset < log.next_offset:
             records = log.read(offset, max_records=5000)
@@ -82,7 +49,7 @@ def format_1_bytes(data: Path, into: Path) -> int:
             )
             offset = records[-1].offset + 1
     log.close()
-    return db_bytes(into)
+    return index_bytes(into)
 
 
 async def rebuild(data: Path) -> tuple[float, float]:
@@ -135,7 +102,7 @@ async def run(quick: bool) -> list[dict[str, Any]]:
         log_b = log_bytes(data) / events
         v1 = format_1_bytes(data, root / "format1.db") / events
         rebuilt_rate, rebuilt_spread = await repeat(times, lambda: _first(rebuild(data)))
-        v2 = db_bytes(data / "index.db") / events
+        v2 = index_bytes(data / "index.db") / events
         cpu = (await rebuild(data))[1]
 
         n = 100_000 if quick else 500_000

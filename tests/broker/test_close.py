@@ -6,23 +6,16 @@ Issue 9, item 10 (close took 18.9 s after 1M events: the indexer caught up insid
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from localbroker import Broker
 from tests.broker.events import Note
+from tests.state.index_files import indexed_to
 from tests.waiting import wait_until
 
 EVENTS = 30_000
-
-
-def indexed_to(data: Path) -> int:
-    """One past the highest offset in ``index.db`` (read by another connection, as tools do)."""
-    with sqlite3.connect(data / "index.db") as db:
-        (top,) = db.execute('SELECT MAX("offset") FROM events').fetchone()
-    return 0 if top is None else top + 1
 
 
 async def test_close_leaves_a_far_behind_index_to_the_next_start(

@@ -13,47 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from localbroker import Broker, DeliveryContext
+from localbroker import Broker
 from localbroker.events import decode_envelope
 from localbroker.state.event_index import EventIndex, EventQuery, IndexedEvent
 from localbroker.state.schema import INDEX_FORMAT
 from localbroker.view import BrokerView
 from tests.broker.events import Note
+from tests.state.index_files import (
+    FORMAT_1_SCHEMA,
+    index_bytes,
+    indexed_to,
+    log_bytes,
+    publish_chains,
+)
 from tests.waiting import wait_until
 
 EVENTS = 4000
-
-
-def log_bytes(data: Path) -> int:
-    return sum(p.stat().st_size for p in (data / "log").glob("*.log"))
-
-
-def index_bytes(data: Path) -> int:
-    with sqlite3.connect(data / "index.db") as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return (data / "index.db").stat().st_size
-
-
-def indexed_to(data: Path) -> int:
-    with sqlite3.connect(data / "index.db") as db:
-        (top,) = db.execute('SELECT MAX("offset") FROM events').fetchone()
-    return 0 if top is None else top + 1
-
-
-async def publish_chains(data: Path, commands: int) -> None:
-    """``commands`` events, each followed by one its handler publishes (chain and cause ids)."""
-    broker = Broker(data, start_from="earliest", fsync="never")
-
-    @broker.subscriber("note.added", name="echo")
-    async def echo(event: Note, ctx: DeliveryContext) -> None:
-        await ctx.broker.publish("note.echoed", {"n": event.n}, key=f"k{event.n % 10}")
-
-    async with broker:
-        for start in range(0, commands, 500):
-            await broker.publish_many(Note(n=i) for i in range(start, min(commands, start + 500)))
-        await broker.wait_idle(timeout=120)
-        assert broker._indexer is not None
-        await broker._indexer.catch_up()
 
 
 async def test_the_index_costs_a_fraction_of_the_log(tmp_path: Path) -> None:
@@ -62,7 +37,7 @@ async def test_the_index_costs_a_fraction_of_the_log(tmp_path: Path) -> None:
     assert indexed_to(data) == EVENTS
     # Format 1 cost about as much as the log (243 vs 254 B per event); half of the events
     # here carry a chain and a cause id of their own, the costliest kind.
-    assert index_bytes(data) < log_bytes(data) / 2
+    assert index_bytes(data / "index.db") < log_bytes(data) / 2
 
 
 def _plans(db_path: Path, statements: list[str]) -> dict[str, str]:
@@ -143,16 +118,6 @@ async def test_every_query_uses_an_index(tmp_path: Path) -> None:
     assert any("events_by_correlation" in p and "events_by_id" in p for p in plans.values())
 
 
-OLD_SCHEMA = """
-CREATE TABLE events ("offset" INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
-    key TEXT, time REAL NOT NULL, correlation_id TEXT, causation_id TEXT);
-CREATE INDEX events_by_id ON events (id);
-CREATE INDEX events_by_correlation ON events (correlation_id);
-CREATE INDEX events_by_topic ON events (topic, "offset");
-CREATE INDEX events_by_time ON events (time);
-"""
-
-
 async def test_an_index_of_the_first_format_is_rebuilt_from_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -161,7 +126,7 @@ async def test_an_index_of_the_first_format_is_rebuilt_from_the_log(
     for name in ("index.db", "index.db-wal", "index.db-shm"):
         (data / name).unlink(missing_ok=True)
     with sqlite3.connect(data / "index.db") as db:  # as the previous version left it
-        db.executescript(OLD_SCHEMA)
+        db.executescript(FORMAT_1_SCHEMA)
         db.execute("INSERT INTO events VALUES (0, 'x', 'note.added', NULL, 1.0, 'x', NULL)")
 
     # Tools beside a broker that has not rebuilt it yet read the log.
