@@ -87,7 +87,8 @@ async def test_closing_on_a_full_state_disk_raises_storage_full_and_loses_nothin
             for r in caplog.records
         )
         assert threads() == before  # no SQLite or I/O thread left to keep the process alive
-        assert saved_position(data) == 200  # the last save before the disk filled is intact
+        saved = saved_position(data)
+        assert 200 <= saved < acknowledged  # the save before the disk filled is intact
 
         filler.unlink()
         first_run = list(seen)
@@ -100,5 +101,5 @@ async def test_closing_on_a_full_state_disk_raises_storage_full_and_loses_nothin
         # Every acknowledged event was delivered; what was handled but not saved came again,
         # nothing saved before the disk filled did.
         assert sorted(set(first_run) | set(seen)) == list(range(acknowledged))
-        assert min(seen) >= 200
+        assert seen and min(seen) >= saved
         assert first_run == list(range(acknowledged))
