@@ -8,10 +8,8 @@ module turns them back into :class:`IndexedEvent` values, so callers never see t
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -225,13 +223,14 @@ class EventIndex:
                     "when it starts; until then events are read from the log"
                 )
         else:
-            await asyncio.to_thread(_remove_other_format, path)
-            db = await connect(
-                path,
-                readonly=False,
-                schema=f"{INDEX_SCHEMA}\nPRAGMA user_version = {INDEX_FORMAT};",
-                synchronous="OFF",
-            )
+            db = await connect(path, readonly=False, schema="", synchronous="OFF")
+            if await _other_format(db, path):
+                await db.close()
+                for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+                    (path.parent / name).unlink(missing_ok=True)
+                db = await connect(path, readonly=False, schema="", synchronous="OFF")
+            await db.executescript(f"{INDEX_SCHEMA}\nPRAGMA user_version = {INDEX_FORMAT};")
+            await db.commit()
         index = cls(db)
         await index._load_topics()
         return index
@@ -472,16 +471,13 @@ async def _format(db: aiosqlite.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
-def _remove_other_format(path: Path) -> None:
-    """Delete an ``index.db`` of another format, for the broker to rebuild from the log."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with sqlite3.connect(path) as db:
-        (found,) = db.execute("PRAGMA user_version").fetchone()
-        (tables,) = db.execute("SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'").fetchone()
-    db.close()
-    if found == INDEX_FORMAT or not tables:
-        return
+async def _other_format(db: aiosqlite.Connection, path: Path) -> bool:
+    """Whether ``db`` holds an index of another format (to delete, and rebuild from the log)."""
+    found = await _format(db)
+    async with db.execute("SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table'") as cur:
+        row = await cur.fetchone()
+    if found == INDEX_FORMAT or row is None or row[0] == 0:
+        return False
     logger.warning(
         "%s is in format %d (format %d is current): rebuilding it from the log; chain queries "
         "and the dashboard read the log meanwhile",
@@ -489,5 +485,4 @@ def _remove_other_format(path: Path) -> None:
         found,
         INDEX_FORMAT,
     )
-    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-        (path.parent / name).unlink(missing_ok=True)
+    return True
