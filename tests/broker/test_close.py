@@ -15,7 +15,7 @@ from tests.broker.events import Note
 from tests.state.index_files import indexed_to
 from tests.waiting import wait_until
 
-EVENTS = 30_000
+EVENTS = 50_000
 
 
 async def test_close_leaves_a_far_behind_index_to_the_next_start(
@@ -32,7 +32,7 @@ async def test_close_leaves_a_far_behind_index_to_the_next_start(
     async with broker:
         pass
     # Close stops at the first batch (5000 records) after 0.05 s: the indexer, which had
-    # barely started, cannot have indexed the 30k events, and close did not wait for it.
+    # barely started, cannot have indexed the 50k events, and close did not wait for it.
     behind = indexed_to(data)
     assert behind < EVENTS
     warning = next(r.getMessage() for r in caplog.records if "index.db) behind" in r.getMessage())
