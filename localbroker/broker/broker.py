@@ -363,10 +363,10 @@ class Broker:
         If anything fails, whatever was opened is released (files, threads, the writer lock)
         before the error is raised.
         """
-        if self._started:
-            return
         if self._closed:
-            raise BrokerStateError("a closed broker cannot be started again; create a new one")
+            await self._reset_after_close()
+        elif self._started:
+            return
         self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
         self._loop = asyncio.get_running_loop()
@@ -396,6 +396,32 @@ class Broker:
             self.log.next_offset,
             len(self._runtimes),
         )
+
+    async def _reset_after_close(self) -> None:
+        """Make a closed broker startable again (a second ``async with broker:``).
+
+        What belonged to the last run (files, tasks, threads, queues) is dropped; what the
+        application declared (subscriptions, classes, upcasters, middleware) stays. The last
+        run's close may still be going on (started by a handler's ``SystemExit``): wait for it.
+        """
+        closing = self._closing
+        if closing is not None and not closing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(closing)
+        self._started = self._closed = False
+        self._closing = None
+        self._tasks = []
+        self._runtimes = {}
+        self._log = self._store = self._index = None
+        self._writer = None
+        self._indexer = None
+        self.cold_reader = None
+        self._recreate_from = None
+        self._handler_exit = None
+        self._owner_cancelled = False
+        self.visible_offset = 0
+        self._io.shutdown(wait=False)  # shut down by the close already (or never used)
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
 
     async def _open(self) -> None:
         cfg = self.config
