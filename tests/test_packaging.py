@@ -51,6 +51,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("nats",)
     if module == "localbroker.alerts.sender":
         return ("alerts",)
+    if module == "localbroker.testing.pytest_plugin":
+        return ("testing",)
     return ()
 
 
@@ -97,7 +99,17 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("postgres",), ("nats",), ("s3",), ("dashboard",), ("alerts",)],
+    [
+        (),
+        ("redis",),
+        ("mongo",),
+        ("postgres",),
+        ("nats",),
+        ("s3",),
+        ("dashboard",),
+        ("alerts",),
+        ("testing",),
+    ],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:

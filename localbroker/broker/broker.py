@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 
 from localbroker.broker.chains import Chain, build_chain
+from localbroker.broker.clock import Clock, LoopClock
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
@@ -147,7 +148,9 @@ class Broker:
     Options (``ack_timeout``, ``max_tries``, ``fsync``, ``segment_bytes``, ...) are those of
     :class:`~localbroker.config.BrokerConfig`, given as keywords or ``config=``.
     ``sync=[...]`` attaches sync targets (``localbroker.sync``); they are extensions like any
-    other, started after the broker and stopped before it.
+    other, started after the broker and stopped before it. ``clock=`` replaces the event
+    loop's clock in the delivery timers (retry backoff, ack deadlines): tests pass a
+    :class:`~localbroker.testing.FakeClock`.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class Broker:
         config: BrokerConfig | None = None,
         extensions: Sequence[Extension] = (),
         sync: Sequence[Extension] = (),
+        clock: Clock | None = None,
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -168,6 +172,7 @@ class Broker:
         self.config = config
         self.data_dir = Path(config.data_dir)
         self.extensions = [*extensions, *sync]
+        self._clock = clock
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, SubscriberRuntime] = {}
         self._log: CommitLog | None = None
@@ -880,6 +885,15 @@ class Broker:
         return self._store
 
     @property
+    def clock(self) -> Clock:
+        """The clock of the delivery timers: the one given, else the running loop's."""
+        if self._clock is not None:
+            return self._clock
+        if self._loop is None:
+            raise BrokerStateError.not_running()
+        return LoopClock(self._loop)
+
+    @property
     def subscriptions(self) -> dict[str, Subscription]:
         """Registered subscriptions by name."""
         return dict(self._subscriptions)
@@ -930,22 +944,34 @@ class Broker:
         :class:`SubscriberStalledError` as soon as a subscriber cannot read the log on (a
         damaged record: it would never become idle).
         """
-        assert self._idle_event is not None
         async with asyncio.timeout(timeout):
-            while not all(r.idle for r in self._runtimes.values()):
-                if self._closing is not None:
-                    raise BrokerStateError(
-                        f"the broker on {self.data_dir} was closed while waiting for it to be idle"
-                    ) from self._handler_exit
-                for runtime in self._runtimes.values():
-                    if runtime.stall is not None:
-                        raise SubscriberStalledError(
-                            runtime.name, runtime.stall.position, runtime.stall.cause
-                        )
-                self._idle_event.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.05):
-                        await self._idle_event.wait()
+            while not self._idle():
+                await self._wait_for_progress(0.05)
+
+    def _idle(self) -> bool:
+        """Every subscriber has handled everything; raises if one never will (see wait_idle)."""
+        if self._idle_event is None:
+            raise BrokerStateError.not_running()
+        if all(r.idle for r in self._runtimes.values()):
+            return True
+        if self._closing is not None:
+            raise BrokerStateError(
+                f"the broker on {self.data_dir} was closed while waiting for it to be idle"
+            ) from self._handler_exit
+        for runtime in self._runtimes.values():
+            if runtime.stall is not None:
+                raise SubscriberStalledError(
+                    runtime.name, runtime.stall.position, runtime.stall.cause
+                )
+        return False
+
+    async def _wait_for_progress(self, at_most: float) -> None:
+        """Return when a delivery finishes, or after ``at_most`` seconds."""
+        assert self._idle_event is not None
+        self._idle_event.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self._idle_event.wait()
 
     def _delivery_finished(self) -> None:
         if self._idle_event is not None:

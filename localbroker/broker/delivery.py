@@ -10,6 +10,7 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from localbroker.broker.clock import Clock
 from localbroker.errors import ConfigurationError
 from localbroker.events import Event, GenericEvent
 from localbroker.topics import TopicPattern
@@ -39,7 +40,8 @@ class Delivery:
 class HandlerCall:
     """One try of a handler: the task awaiting it and its ack deadline (internal bookkeeping).
 
-    The subscriber's ack watchdog cancels ``task`` once ``deadline`` (loop time) has passed.
+    The subscriber's ack watchdog cancels ``task`` once ``deadline`` (its clock's time) has
+    passed.
     One object per try, so that a late ``extend()`` from the thread of an abandoned try can
     never touch the deadline of a later one.
     """
@@ -73,7 +75,7 @@ class DeliveryContext:
     __slots__ = (
         "_ack_timeout",
         "_call",
-        "_loop",
+        "_clock",
         "attempt",
         "broker",
         "envelope",
@@ -92,7 +94,7 @@ class DeliveryContext:
         envelope: dict[str, Any],
         ack_timeout: float,
         call: HandlerCall,
-        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
         broker: Broker,
     ) -> None:
         self.broker = broker
@@ -110,7 +112,7 @@ class DeliveryContext:
         before any upcasting."""
         self._ack_timeout = ack_timeout
         self._call = call
-        self._loop = loop
+        self._clock = clock
 
     def extend(self, seconds: float | None = None) -> None:
         """Renew the ack timer: the handler gets ``seconds`` (default: ``ack_timeout``) more.
@@ -118,9 +120,9 @@ class DeliveryContext:
         Safe to call from a plain ``def`` handler running in a thread.
         """
         delay = self._ack_timeout if seconds is None else seconds
-        # loop.time() is monotonic and an attribute assignment is atomic: safe from a thread.
+        # Clock.time() is safe from a thread and an attribute assignment is atomic.
         # After the try ended the call is no longer watched, and this changes nothing.
-        self._call.deadline = self._loop.time() + delay
+        self._call.deadline = self._clock.time() + delay
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
