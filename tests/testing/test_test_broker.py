@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ async def test_dlq_after_five_tries_with_a_30_s_backoff_runs_on_fake_time() -> N
         assert (entry.subscriber, entry.tries) == ("billing", 5)
         assert "card declined for order 1" in entry.error
     # Each retry came 30 fake seconds after the try before it.
-    assert [b - a for a, b in zip(tries, tries[1:], strict=False)] == [30.0] * 4
+    assert [b - a for a, b in itertools.pairwise(tries)] == [30.0] * 4
 
 
 async def test_an_ack_timeout_fires_when_the_fake_clock_passes_it() -> None:
@@ -62,7 +63,8 @@ async def test_an_ack_timeout_fires_when_the_fake_clock_passes_it() -> None:
         await broker.drain()
         assert attempts == [1, 2]
         state = broker.runtime("slow")
-        assert state is not None and state.state.failures == 1
+        assert state is not None
+        assert state.state.failures == 1
 
 
 async def test_drain_waits_for_follow_up_events_and_keeps_key_order() -> None:
