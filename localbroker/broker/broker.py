@@ -23,6 +23,7 @@ from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.middleware import Middleware, PublishNext, chain_publish, overrides
 from localbroker.broker.positions import handed_out
 from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
@@ -150,7 +151,8 @@ class Broker:
     ``sync=[...]`` attaches sync targets (``localbroker.sync``); they are extensions like any
     other, started after the broker and stopped before it. ``clock=`` replaces the event
     loop's clock in the delivery timers (retry backoff, ack deadlines): tests pass a
-    :class:`~localbroker.testing.FakeClock`.
+    :class:`~localbroker.testing.FakeClock`. ``middleware=[...]`` wraps publishing and
+    deliveries (see :meth:`add_middleware`).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class Broker:
         extensions: Sequence[Extension] = (),
         sync: Sequence[Extension] = (),
         clock: Clock | None = None,
+        middleware: Sequence[Middleware] = (),
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -173,6 +176,12 @@ class Broker:
         self.data_dir = Path(config.data_dir)
         self.extensions = [*extensions, *sync]
         self._clock = clock
+        self._middleware: list[Middleware] = []
+        self._publish_chain: PublishNext | None = None
+        self.delivery_middleware: tuple[Middleware, ...] = ()
+        """The middleware that wraps deliveries, outermost first (see :meth:`add_middleware`)."""
+        for mw in middleware:
+            self.add_middleware(mw)
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, SubscriberRuntime] = {}
         self._log: CommitLog | None = None
@@ -291,6 +300,27 @@ class Broker:
             task = asyncio.get_running_loop().create_task(self._start_subscriber(subscription))
             self._tasks.append(task)
         return subscription
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Wrap publishing and each delivery in ``middleware`` (see :class:`Middleware`).
+
+        Middleware runs in the order it was added, the first added outermost: it sees the
+        events first, and the results or exception last. Adding the same object again
+        changes nothing. Takes effect for the next publish and the next try.
+        """
+        if any(mw is middleware for mw in self._middleware):
+            return
+        self._middleware.append(middleware)
+        publishing = [mw for mw in self._middleware if overrides(mw, "publish")]
+        self._publish_chain = (
+            chain_publish(publishing, self._publish_through) if publishing else None
+        )
+        self.delivery_middleware = tuple(mw for mw in self._middleware if overrides(mw, "deliver"))
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        """The middleware added, outermost first."""
+        return list(self._middleware)
 
     def upcaster(self, topic: str, *, from_version: int) -> Callable[[U], U]:
         """Decorator registering an upcaster: ``topic``'s payload from ``from_version`` to the next.
@@ -719,6 +749,9 @@ class Broker:
         event's chain (correlation id) with the handled event as its cause.
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
+        if self._publish_chain is not None:
+            [result] = await self._publish_chain([prepared])
+            return result
         payload = encode_event(prepared)
         now = time.time()
         offset = await self._append([(int(now * 1000), payload)], [_meta(prepared, now)])
@@ -729,6 +762,20 @@ class Broker:
         prepared = [self._prepare(e, None) for e in events]
         if not prepared:
             return []
+        if self._publish_chain is not None:
+            return await self._publish_chain(prepared)
+        return await self._write(prepared)
+
+    async def _publish_through(self, events: list[Event]) -> list[PublishResult]:
+        """The end of the publish middleware chain: what it passes on is prepared again (an
+        event a middleware made joins the chain too), then written."""
+        if not isinstance(events, list) or not all(isinstance(e, Event) for e in events):
+            raise SerializationError(
+                f"publish middleware passed on {events!r}; call_next takes a list of events"
+            )
+        return await self._write([self._prepare(e, None) for e in events])
+
+    async def _write(self, prepared: list[Event]) -> list[PublishResult]:
         # The record's timestamp is the append time (not the event's own time, which an
         # inbound synced event keeps from its origin), so it grows with the offset.
         now = time.time()

@@ -24,6 +24,7 @@ from localbroker.broker.delivery import (
     HandlerSpec,
 )
 from localbroker.broker.health import Stall, SubscriberHealth
+from localbroker.broker.middleware import chain_deliver
 from localbroker.broker.threads import HandlerThreads
 from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
 from localbroker.errors import (
@@ -33,7 +34,7 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
 )
-from localbroker.events import decode_envelope
+from localbroker.events import Event, decode_envelope
 from localbroker.log.recovery import REPAIR_HINT
 from localbroker.state.store import SubscriberState
 from localbroker.topics import TopicPattern
@@ -473,8 +474,9 @@ class SubscriberRuntime:
                 )
             # Upcast to the version of the class the handler takes (never stored back).
             event = self.broker.registry.to_event(envelope, event_class)
-            args: tuple[Any, ...] = (event,)
-            if spec.wants_context:
+            middleware = self.broker.delivery_middleware
+            context: DeliveryContext | None = None
+            if spec.wants_context or middleware:
                 context = DeliveryContext(
                     subscriber=self.name,
                     offset=d.offset,
@@ -486,16 +488,25 @@ class SubscriberRuntime:
                     clock=self.clock,
                     broker=self.broker,
                 )
-                args = (event, context)
-            if self.threads is None:
-                await spec.fn(*args)  # type: ignore[misc]
-            else:
+
+            async def call_handler(event: Event) -> None:
+                nonlocal job
+                args = (event, context) if spec.wants_context else (event,)
+                if self.threads is None:
+                    await spec.fn(*args)  # type: ignore[misc]
+                    return
                 # In a copy of this context, so events the handler publishes join the chain.
                 run = contextvars.copy_context().run
                 job = self.threads.submit(
                     run, _call_in_thread, self.clock, call, self.ack_timeout, spec.fn, args
                 )
                 await asyncio.wrap_future(job)
+
+            if middleware:
+                assert context is not None
+                await chain_deliver(middleware, context, call_handler)(event)
+            else:
+                await call_handler(event)
         except asyncio.CancelledError as exc:
             if task.cancelling() > call.expired:
                 raise  # the broker is stopping: the delivery stays in flight
