@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from localbroker.broker.clock import Clock
+from localbroker.broker.dependencies import dependency_parameters, inject
 from localbroker.errors import ConfigurationError
 from localbroker.events import Event, GenericEvent
 from localbroker.topics import TopicPattern
@@ -137,6 +138,8 @@ class HandlerSpec:
     """
 
     fn: Handler
+    call: Handler
+    """What a delivery calls: ``fn``, or ``fn`` with its ``Depends`` parameters resolved."""
     event_types: tuple[type[Event], ...]
     """The event classes of the annotation (empty when untyped)."""
     by_topic: dict[str, type[Event]]
@@ -151,10 +154,12 @@ class HandlerSpec:
         if not callable(fn):
             raise ConfigurationError(f"handler {fn!r} is not callable")
         name = getattr(fn, "__qualname__", fn)
+        signature = list(inspect.signature(fn).parameters.values())
+        dependencies = dependency_parameters(fn, signature)
         params = [
             p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in signature
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in dependencies
         ]
         if not 1 <= len(params) <= 2:
             raise ConfigurationError(
@@ -186,6 +191,7 @@ class HandlerSpec:
         )
         return cls(
             fn=fn,
+            call=inject(fn) if dependencies else fn,
             event_types=event_types,
             by_topic=by_topic,
             catch_all=GenericEvent if catch_all is Event else catch_all,

@@ -493,12 +493,12 @@ class SubscriberRuntime:
                 nonlocal job
                 args = (event, context) if spec.wants_context else (event,)
                 if self.threads is None:
-                    await spec.fn(*args)  # type: ignore[misc]
+                    await spec.call(*args)  # type: ignore[misc]
                     return
                 # In a copy of this context, so events the handler publishes join the chain.
                 run = contextvars.copy_context().run
                 job = self.threads.submit(
-                    run, _call_in_thread, self.clock, call, self.ack_timeout, spec.fn, args
+                    run, _call_in_thread, self.clock, call, self.ack_timeout, spec.call, args
                 )
                 await asyncio.wrap_future(job)
 
