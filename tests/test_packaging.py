@@ -53,6 +53,8 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("alerts",)
     if module == "localbroker.testing.pytest_plugin":
         return ("testing",)
+    if module == "localbroker.integrations.fastapi":
+        return ("fastapi",)
     return ()
 
 
@@ -109,6 +111,7 @@ def test_extras_name_only_what_is_installed() -> None:
         ("dashboard",),
         ("alerts",),
         ("testing",),
+        ("fastapi",),
     ],
     ids=lambda e: e[0] if e else "base",
 )
@@ -161,6 +164,7 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("from localbroker.sync import PostgresStore", "postgres"),
         ("from localbroker.sync import NatsJetStream", "nats"),
         ("import localbroker.dashboard", "dashboard"),
+        ("from localbroker.integrations.fastapi import lifespan", "fastapi"),
         ("from localbroker import Alerts; Alerts(url='https://hooks.example.com/x')", "alerts"),
         (
             "from localbroker.schemas import sample; from localbroker import Event; sample(Event)",
