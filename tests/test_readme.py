@@ -30,6 +30,19 @@ def test_quick_start_runs_and_delivers_each_topic_as_its_annotation_says(tmp_pat
     assert "email: done, tries 1" in child.stdout
 
 
+def test_readme_middleware_example_runs(tmp_path: Path) -> None:
+    section = README.read_text().split("## Testing, FastAPI, middleware", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    script = tmp_path / "middleware.py"
+    script.write_text(code.group(1))
+    child = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.splitlines() == ["-> notes note.added {'tenant': 'acme'}"]
+
+
 DOCS = README.parent / "docs"
 GUIDES = sorted(p for p in DOCS.glob("*.md") if "```python" in p.read_text())
 
