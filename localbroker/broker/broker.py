@@ -750,8 +750,13 @@ class Broker:
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
         if self._publish_chain is not None:
-            [result] = await self._publish_chain([prepared])
-            return result
+            results = await self._publish_chain([prepared])
+            if not results:
+                raise ConfigurationError(
+                    f"a publish middleware returned no result for event {prepared.id}: "
+                    "return what call_next returned"
+                )
+            return results[0]
         payload = encode_event(prepared)
         now = time.time()
         offset = await self._append([(int(now * 1000), payload)], [_meta(prepared, now)])

@@ -33,7 +33,8 @@ def dependency_parameters(fn: Any, params: list[inspect.Parameter]) -> list[str]
         if _is_marker(param.default, "fastapi"):
             raise ConfigurationError(
                 f"handler {getattr(fn, '__qualname__', fn)}: parameter {param.name!r} uses "
-                "fastapi.Depends, which only FastAPI's requests resolve; use "
+                f"fastapi.{type(param.default).__name__}, which only FastAPI's requests "
+                "resolve; use "
                 "fast_depends.Depends (or localbroker.integrations.fastapi.Depends)"
             )
         if _is_marker(param.default, "fast_depends"):

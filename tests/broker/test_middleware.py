@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from localbroker import (
+    ConfigurationError,
     DeliverNext,
     DeliveryContext,
     Event,
@@ -180,3 +181,15 @@ async def test_delivery_middleware_runs_in_the_loop_around_a_def_handler() -> No
         await broker.drain()
     assert log[-3:] == ["a.deliver>notes#1", "handler", "a.deliver<"]
     assert threads[0].startswith("localbroker-handler-notes")
+
+
+class Swallow(Middleware):
+    async def publish(self, events: list[Event], call_next: PublishNext) -> list[PublishResult]:
+        return []  # a bug: neither passes the events on nor returns results
+
+
+async def test_a_publish_middleware_that_returns_no_result_is_named() -> None:
+    async with TestBroker(middleware=[Swallow()]) as broker:
+        with pytest.raises(ConfigurationError, match="returned no result for event"):
+            await broker.publish(Note(text="hi"))
+        assert broker.log.next_offset == 0
