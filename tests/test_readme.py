@@ -14,33 +14,30 @@ import pytest
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_quick_start_runs_and_delivers_each_topic_as_its_annotation_says(tmp_path: Path) -> None:
-    section = README.read_text().split("## Quick start", 1)[1]
+def run_first_block(heading: str, tmp_path: Path) -> str:
+    """Run the first python block after ``heading`` in a directory of its own; its stdout."""
+    section = README.read_text().split(heading, 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
-    script = tmp_path / "quick_start.py"
+    script = tmp_path / "example.py"
     script.write_text(code.group(1))
     child = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert child.returncode == 0, child.stderr
-    lines = child.stdout.splitlines()
-    assert sorted(lines[:2]) == ["audit user.created", "welcome Ann"]
-    assert "user.created" in child.stdout  # the chain
-    assert "email: done, tries 1" in child.stdout
+    return child.stdout
+
+
+def test_quick_start_runs_and_delivers_each_topic_as_its_annotation_says(tmp_path: Path) -> None:
+    out = run_first_block("## Quick start", tmp_path)
+    assert sorted(out.splitlines()[:2]) == ["audit user.created", "welcome Ann"]
+    assert "user.created" in out  # the chain
+    assert "email: done, tries 1" in out
 
 
 def test_readme_middleware_example_runs(tmp_path: Path) -> None:
-    section = README.read_text().split("## Testing, FastAPI, middleware", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code is not None
-    script = tmp_path / "middleware.py"
-    script.write_text(code.group(1))
-    child = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.splitlines() == ["-> notes note.added {'tenant': 'acme'}"]
+    out = run_first_block("## Testing, FastAPI, middleware", tmp_path)
+    assert out.splitlines() == ["-> notes note.added {'tenant': 'acme'}"]
 
 
 DOCS = README.parent / "docs"

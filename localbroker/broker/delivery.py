@@ -42,8 +42,7 @@ class HandlerCall:
     """One try of a handler: the task awaiting it and its ack deadline (internal bookkeeping).
 
     The subscriber's ack watchdog cancels ``task`` once ``deadline`` (its clock's time) has
-    passed.
-    One object per try, so that a late ``extend()`` from the thread of an abandoned try can
+    passed. One object per try, so that a late ``extend()`` from the thread of an abandoned try can
     never touch the deadline of a later one.
     """
 
