@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -364,16 +364,37 @@ class SubscriberRuntime:
                 self._checking_redeliveries = False
 
     async def _pick_up_redeliveries(self) -> None:
-        for entry in await self.broker.store.retrying_dlq(self.name):
-            if entry.offset in self.redelivering or entry.offset in self.pending:
-                continue
+        # Which entries to take is decided right after the read, with no await in between:
+        # a delivery that finishes while this pass awaits a (cold) read is popped from
+        # ``redelivering`` and its entry resolved, and an entry list checked entry by entry
+        # after such awaits handed it out a second time (issue 9 item 3). Only this task
+        # hands out redeliveries, so an entry taken here is handed out by no one else.
+        taken = [
+            entry
+            for entry in await self.broker.store.retrying_dlq(self.name)
+            if entry.offset not in self.redelivering and entry.offset not in self.pending
+        ]
+        unreadable = False
+        for entry in taken:
             try:
                 records = await self.broker.fetch_log(entry.offset, 1)
                 if not records or records[0].offset != entry.offset:
                     # A read from a lost offset returns the record after the gap.
                     raise NotFoundError(f"offset {entry.offset} is not in the log (lost)")
             except LocalBrokerError as exc:
-                logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
+                if exc.retriable:
+                    # E.g. the archive is unreachable: look again later, never drop the entry.
+                    logger.warning(
+                        "DLQ entry %s of subscriber %s cannot be read yet (%s); trying again "
+                        "in %.0f s",
+                        entry.id,
+                        self.name,
+                        exc,
+                        READ_RETRY_DELAY,
+                    )
+                    unreadable = True
+                else:
+                    logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
                 continue
             envelope = decode_envelope(records[0].payload)
             delivery = Delivery(
@@ -386,6 +407,8 @@ class SubscriberRuntime:
             )
             self.redelivering[entry.offset] = delivery
             self._dispatch(delivery)
+        if unreadable:
+            self._later(READ_RETRY_DELAY, self._redelivery_check.set)
 
     # -- handling --------------------------------------------------------------------------
 
@@ -581,14 +604,18 @@ class SubscriberRuntime:
         """Hand ``d`` to a worker again after ``delay`` seconds (it keeps its key meanwhile)."""
         if delay <= 0:
             self.ready.put_nowait(d)
-            return
+        else:
+            self._later(delay, lambda: self.ready.put_nowait(d))
+
+    def _later(self, delay: float, callback: Callable[[], object]) -> None:
+        """Call ``callback`` in ``delay`` seconds, unless the subscriber stops first."""
         handle: asyncio.TimerHandle
 
-        def requeue() -> None:
+        def fire() -> None:
             self._timers.discard(handle)
-            self.ready.put_nowait(d)
+            callback()
 
-        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        handle = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(handle)
 
     def _prune_done(self) -> None:
