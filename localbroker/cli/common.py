@@ -18,6 +18,12 @@ __all__ = ["data_option", "fmt_time", "run"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (click passes None for the others), so that the
+    environment still applies to those left out (a None keyword would mean the value None)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def data_option(fn: F) -> F:
     """``--data DIR``: the data directory (env LOCALBROKER_DATA_DIR)."""
     return click.option(
