@@ -20,7 +20,7 @@ from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
-from localbroker.broker.health import Health
+from localbroker.broker.health import Health, Stall
 from localbroker.broker.indexer import EventIndexer
 from localbroker.broker.positions import handed_out
 from localbroker.broker.router import Router
@@ -83,7 +83,11 @@ SYNC_STATUS_PREFIX = "sync.status."
 
 @runtime_checkable
 class StatusReporter(Protocol):
-    """An extension that reports its status (sync targets): see :meth:`Broker.sync_status`."""
+    """An extension that reports its status (sync targets): see :meth:`Broker.sync_status`.
+
+    A status whose ``stalled`` entry is set (``{"position", "cause", "since"}``, the fields of
+    :class:`~localbroker.broker.health.Stall`) makes :meth:`Broker.health` not ok.
+    """
 
     name: str
 
@@ -875,7 +879,15 @@ class Broker:
                 for sub in health.stalled:   # e.g. a damaged record in the log
                     print(sub.name, sub.position, sub.stall.cause)
         """
-        return Health.of((r.health() for r in self._runtimes.values()), self.log.gaps)
+        return Health.of(
+            (r.health() for r in self._runtimes.values()),
+            self.log.gaps,
+            {
+                f"sync target {name}": Stall(**status["stalled"])
+                for name, status in self.sync_status().items()
+                if status.get("stalled")
+            },
+        )
 
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""
