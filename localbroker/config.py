@@ -186,7 +186,9 @@ class BrokerConfig(BaseSettings):
     handler_shutdown_timeout: Annotated[float, Field(ge=0)] = 5.0
     """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
     Threads still running then are abandoned with a warning: they cannot be stopped, but they
-    do not keep the process from exiting, and their events are delivered again after a restart."""
+    do not keep the process from exiting, and their events are delivered again after a restart.
+    Also how long an async handler that ignores its cancellation is cancelled again before its
+    coroutine is closed."""
 
     _none_from_environment = field_validator("segment_max_age", "history_retention", mode="before")(
         none_from_environment

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import logging
 import math
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localbroker.broker.context import enter_handler, leave_handler
 from localbroker.broker.delivery import (
@@ -185,11 +186,11 @@ class SubscriberRuntime:
 
         Plain ``def`` handlers still running in threads get ``thread_timeout`` seconds to
         return; threads still running then are abandoned with a warning (daemon threads: they
-        do not keep the process from exiting).
+        do not keep the process from exiting). Async handlers that ignore their cancellation
+        get as long (see :meth:`_stop_tasks`).
         """
         self.halt()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._stop_tasks(thread_timeout)
         if self.threads is not None:
             self.threads.shutdown(wait=False, cancel_futures=True)
             running = [asyncio.wrap_future(f) for f in self.threads.running()]
@@ -206,6 +207,51 @@ class SubscriberRuntime:
                         len(hung),
                         thread_timeout,
                     )
+
+    async def _stop_tasks(self, timeout: float) -> None:
+        """Wait for the cancelled tasks, within ``timeout`` seconds.
+
+        An async handler that catches its ``CancelledError`` and goes on awaiting keeps its
+        worker alive: it is cancelled again at each of its awaits, and once ``timeout`` has
+        passed its coroutine is closed (``GeneratorExit`` at its await, its ``finally`` blocks
+        run), so that neither ``close()`` nor ``asyncio.run``'s teardown waits for it forever.
+        """
+        pending = {t for t in self._tasks if not t.done()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        warned = False
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+            if not pending:
+                break
+            stubborn = [c for c in self._calls if c.task in pending and c.coro is not None]
+            if stubborn and not warned:
+                warned = True
+                logger.warning(
+                    "subscriber %s: handler %s did not stop when cancelled at close (does it "
+                    "catch CancelledError?); cancelling it again for up to %.1f s, then closing "
+                    "it (its event is delivered again after a restart)",
+                    self.name,
+                    self.sub.handler.name,
+                    timeout,
+                )
+            over = loop.time() >= deadline
+            for call in stubborn:
+                if over and call.coro is not None:
+                    with contextlib.suppress(RuntimeError):  # it ignored GeneratorExit too
+                        call.coro.close()
+                    call.coro = None
+            for task in pending:
+                task.cancel()
+            if over and not stubborn:
+                break  # nothing left that closing a handler could end
+        if pending:
+            logger.error(
+                "subscriber %s: %d task(s) still running after close; abandoned",
+                self.name,
+                len(pending),
+            )
+        self._tasks.clear()
 
     def halt(self) -> None:
         """Start no more handlers: cancel the tasks and timers (``stop()`` waits for them)."""
@@ -498,7 +544,8 @@ class SubscriberRuntime:
                 )
                 args = (event, context)
             if self.threads is None:
-                await spec.fn(*args)  # type: ignore[misc]
+                call.coro = coro = cast("Coroutine[Any, Any, None]", spec.fn(*args))
+                await coro
             else:
                 # In a copy of this context, so events the handler publishes join the chain.
                 run = contextvars.copy_context().run
