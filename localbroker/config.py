@@ -203,7 +203,7 @@ class BrokerConfig(BaseSettings):
         return self
 
 
-def accepts_none(model: type[BaseModel], name: str) -> bool:
+def _accepts_none(model: type[BaseModel], name: str) -> bool:
     """Whether option ``name`` of ``model`` takes None as a value (``float | None``, ...)."""
     field = model.model_fields.get(name)
     if field is None:
@@ -221,7 +221,7 @@ def keywords(model: type[BaseModel], options: Mapping[str, Any]) -> dict[str, An
     (``history_retention=None``: keep forever); a None for any other option means "not given"
     (the default, or the environment, applies), as for ``Broker(data_dir=None)``.
     """
-    return {k: v for k, v in options.items() if v is not None or accepts_none(model, k)}
+    return {k: v for k, v in options.items() if v is not None or _accepts_none(model, k)}
 
 
 def load_config(**overrides: Any) -> BrokerConfig:

@@ -13,7 +13,7 @@ import click
 
 from localbroker.errors import LocalBrokerError
 
-__all__ = ["data_option", "fmt_time", "run"]
+__all__ = ["data_option", "fmt_time", "given", "run"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
