@@ -448,8 +448,9 @@ class Broker:
 
     async def _start_extensions(self) -> None:
         for extension in self.extensions:
-            await extension.start(self)
+            # Listed first: one whose start fails half way is closed too.
             self._started_extensions.append(extension)
+            await extension.start(self)
 
     async def _start_indexer(self) -> None:
         assert self._indexer is not None

@@ -293,14 +293,7 @@ class CommitLog:
         with contextlib.suppress(FileNotFoundError):
             size = path.stat().st_size
             if size > end.position:
-                logger.warning(
-                    "%s: dropping %d bytes past the published end (byte %d, offset %d), "
-                    "written by a writer that died mid-batch (never acknowledged)",
-                    path,
-                    size - end.position,
-                    end.position,
-                    end.next_offset,
-                )
+                _warn_unpublished(path, size, end.position, end.next_offset)
                 os.truncate(path, end.position)
                 index, _complete = OffsetIndex.load(
                     index_path_for(directory, end.segment_base), end.position
@@ -477,14 +470,7 @@ class CommitLog:
             active = self._segments[-1]
             size = os.fstat(active.open_fd()).st_size
             if size > active.size:
-                logger.warning(
-                    "%s: dropping %d bytes past the published end (byte %d, offset %d), "
-                    "written by a writer that died mid-batch (never acknowledged)",
-                    active.path,
-                    size - active.size,
-                    active.size,
-                    active.next_offset,
-                )
+                _warn_unpublished(active.path, size, active.size, active.next_offset)
                 os.ftruncate(active.open_fd(), active.size)
                 active.resume_index_file()
             elif size < active.size:
@@ -1034,6 +1020,17 @@ class CommitLog:
         info = _info(seg)
         seg.delete()
         return info
+
+
+def _warn_unpublished(path: Path, size: int, end: int, next_offset: int) -> None:
+    logger.warning(
+        "%s: dropping %d bytes past the published end (byte %d, offset %d), written by a "
+        "writer that died mid-batch (never acknowledged)",
+        path,
+        size - end,
+        end,
+        next_offset,
+    )
 
 
 def _info(seg: Segment) -> SegmentInfo:
