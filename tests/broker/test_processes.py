@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import IO
 
 import orjson
 import pytest
 
 from localbroker import Broker
 from localbroker.log import CommitLog, verify
+from tests.children import Child
 from tests.waiting import wait_until
-
-ROOT = Path(__file__).parents[2]
 
 pytestmark = pytest.mark.slow
 
 
-class Child:
-    """A ``tests.broker.process_child`` process; its output goes to a file."""
-
-    def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        self.name = name
-        self.out = tmp / f"{name}.out"
-        self._file: IO[bytes] = self.out.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.broker.process_child", *args],
-            cwd=ROOT,
-            stdout=self._file,
-        )
-
-    def lines(self) -> list[list[str]]:
-        """Complete lines (a line cut by SIGKILL has no newline: it does not count)."""
-        return [line.split() for line in self.out.read_bytes().decode().split("\n")[:-1]]
-
-    def finish(self, timeout: float = 180.0) -> int:
-        code = self.process.wait(timeout)
-        self._file.close()
-        return code
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.finish()
+def spawn(tmp: Path, name: str, *args: str) -> Child:
+    """A ``tests.broker.process_child`` process; its output goes to ``tmp/NAME.out``."""
+    return Child(tmp / f"{name}.out", "tests.broker.process_child", *args)
 
 
 def publisher(tmp: Path, name: str, count: int) -> Child:
-    return Child(tmp, name, "publish", str(tmp / "data"), name, str(count))
+    return spawn(tmp, name, "publish", str(tmp / "data"), name, str(count))
 
 
 def check_acknowledged(data: Path, acks: list[list[str]]) -> int:
@@ -115,7 +88,7 @@ async def test_publishers_sigkilled_at_random_moments_lose_nothing_acknowledged(
 async def test_handler_in_another_process_runs_for_an_event_published_here(
     tmp_path: Path,
 ) -> None:
-    handler = Child(tmp_path, "handler", "handle", str(tmp_path / "data"))
+    handler = spawn(tmp_path, "handler", "handle", str(tmp_path / "data"))
     try:
         await wait_until(lambda: ["ready"] in handler.lines(), timeout=60, what="handler ready")
         async with Broker(tmp_path / "data") as broker:
@@ -129,8 +102,8 @@ async def test_handler_in_another_process_runs_for_an_event_published_here(
 
 
 async def test_subscriber_moves_when_its_process_is_sigkilled(tmp_path: Path) -> None:
-    first = Child(tmp_path, "h1", "handle", str(tmp_path / "data"))
-    second = Child(tmp_path, "h2", "handle", str(tmp_path / "data"))
+    first = spawn(tmp_path, "h1", "handle", str(tmp_path / "data"))
+    second = spawn(tmp_path, "h2", "handle", str(tmp_path / "data"))
     children = {str(first.process.pid): first, str(second.process.pid): second}
     try:
         for child in (first, second):

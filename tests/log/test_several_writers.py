@@ -4,55 +4,34 @@ from __future__ import annotations
 
 import itertools
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import IO
 
 import orjson
 import pytest
 
 from localbroker.log import CommitLog, verify
+from tests.children import Child
 
-ROOT = Path(__file__).parents[2]
 
-
-class Writer:
-    """A ``tests.log.writer_child`` process and the file its acknowledgements go to."""
+class Writer(Child):
+    """A ``tests.log.writer_child`` process; its acknowledgements go to a file."""
 
     def __init__(self, log_dir: Path, name: str, batches: int, out_dir: Path) -> None:
-        self.name = name
-        self.out = out_dir / f"{name}.acks"
-        self._file: IO[bytes] = self.out.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.log.writer_child", str(log_dir), name, str(batches)],
-            cwd=ROOT,
-            stdout=self._file,
+        super().__init__(
+            out_dir / f"{name}.acks", "tests.log.writer_child", str(log_dir), name, str(batches)
         )
 
     def acks(self) -> list[tuple[str, int, int, int]]:
-        """The acknowledged batches: (writer, batch, first offset, count); complete lines only."""
-        text = self.out.read_bytes().decode()
-        lines = text.split("\n")[:-1]  # a line cut by SIGKILL has no newline: not acknowledged
-        return [(w, int(b), int(f), int(n)) for w, b, f, n in (line.split() for line in lines)]
+        """The acknowledged batches: (writer, batch, first offset, count)."""
+        return [(w, int(b), int(f), int(n)) for w, b, f, n in self.lines()]
 
     def wait_for_acks(self, count: int, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.acks()) < count and self.process.poll() is None:
             assert time.monotonic() < deadline, f"{self.name} made no progress"
             time.sleep(0.005)
-
-    def finish(self, timeout: float = 120.0) -> int:
-        code = self.process.wait(timeout)
-        self._file.close()
-        return code
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.finish()
 
 
 def check_log(log_dir: Path, acks: list[tuple[str, int, int, int]]) -> int:
