@@ -411,6 +411,8 @@ class Broker:
             return
         self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
+        # Here, not in __init__: the data directory is final now (TestBroker picks a new one).
+        self._roles = RoleLocks(self.data_dir)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._owner = asyncio.current_task()
@@ -462,7 +464,6 @@ class Broker:
         self._owner_cancelled = False
         self._tail = None
         self._started_extensions = []
-        self._roles = RoleLocks(self.data_dir)
         self._io.shutdown(wait=False)  # shut down by the close already (or never used)
         self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
 
