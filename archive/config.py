@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from localbroker.config import keywords
 from localbroker.errors import ConfigurationError
 
 __all__ = ["ENV_PREFIX", "ArchiveConfig", "RetentionPolicy", "S3Location", "load_archive_config"]
@@ -101,7 +102,8 @@ def load_archive_config(
 ) -> ArchiveConfig:
     """Build an :class:`ArchiveConfig` from keywords and ``LOCALBROKER_ARCHIVE_*`` variables.
 
-    Keywords that are not None win over the environment. Raises :class:`ConfigurationError`
+    Keywords win over the environment; a None is kept for the options that take it
+    (``max_age=None``) and means "not given" for the others. Raises :class:`ConfigurationError`
     naming the bad option, or the missing bucket or directory (unless ``need_location`` is
     false: the caller brings its own store).
     """
@@ -111,7 +113,7 @@ def load_archive_config(
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = _json(name, raw) if name == "retention" else raw
-    values.update({k: v for k, v in options.items() if v is not None})
+    values.update(keywords(ArchiveConfig, options))
     if need_location and "bucket" not in values and "directory" not in values:
         raise ConfigurationError(
             f"the archive needs a bucket or a directory: pass bucket=... (--bucket) or set "

@@ -8,6 +8,8 @@ in one place, :class:`BrokerConfig`, through pydantic-settings; keyword argument
 from __future__ import annotations
 
 import enum
+import types
+import typing
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "StartFrom",
     "SubscriberConfig",
+    "keywords",
     "load_config",
     "none_from_environment",
     "problems",
@@ -183,7 +186,9 @@ class BrokerConfig(BaseSettings):
     handler_shutdown_timeout: Annotated[float, Field(ge=0)] = 5.0
     """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.
     Threads still running then are abandoned with a warning: they cannot be stopped, but they
-    do not keep the process from exiting, and their events are delivered again after a restart."""
+    do not keep the process from exiting, and their events are delivered again after a restart.
+    Also how long an async handler that ignores its cancellation is cancelled again before its
+    coroutine is closed."""
 
     _none_from_environment = field_validator("segment_max_age", "history_retention", mode="before")(
         none_from_environment
@@ -198,13 +203,35 @@ class BrokerConfig(BaseSettings):
         return self
 
 
+def _accepts_none(model: type[BaseModel], name: str) -> bool:
+    """Whether option ``name`` of ``model`` takes None as a value (``float | None``, ...)."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return False
+    annotation = field.annotation
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(
+        None
+    ) in typing.get_args(annotation)
+
+
+def keywords(model: type[BaseModel], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword options to build ``model`` with.
+
+    A None given for an option that takes None is a value and is kept
+    (``history_retention=None``: keep forever); a None for any other option means "not given"
+    (the default, or the environment, applies), as for ``Broker(data_dir=None)``.
+    """
+    return {k: v for k, v in options.items() if v is not None or _accepts_none(model, k)}
+
+
 def load_config(**overrides: Any) -> BrokerConfig:
     """Build a :class:`BrokerConfig` from the environment and ``overrides``.
 
-    Raises :class:`~localbroker.errors.ConfigurationError` naming every bad option.
+    ``None`` is kept for the options that take it (see :func:`keywords`). Raises
+    :class:`~localbroker.errors.ConfigurationError` naming every bad option.
     """
     try:
-        return BrokerConfig(**{k: v for k, v in overrides.items() if v is not None})
+        return BrokerConfig(**keywords(BrokerConfig, overrides))
     except ValidationError as exc:
         raise ConfigurationError(f"invalid broker configuration: {problems(exc)}") from exc
 

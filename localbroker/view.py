@@ -185,7 +185,8 @@ class BrokerView:
     async def health(self) -> Health:
         """The same as ``Broker.health()``, worked out from the files.
 
-        A subscriber is stalled when the read at its position fails.
+        A subscriber is stalled when the read at its position fails; a sync target when its
+        running broker last saved it as stalled.
         """
         subscribers = await self.subscribers()
         return Health.of(
@@ -199,6 +200,11 @@ class BrokerView:
                 for s in subscribers
             ),
             self.log.gaps,
+            {  # as the running broker's sync targets last saved it
+                f"sync target {name}": Stall(**status["stalled"])
+                for name, status in (await self.sync_status()).items()
+                if status.get("running") and status.get("stalled")
+            },
         )
 
     async def sync_status(self) -> dict[str, dict[str, Any]]:

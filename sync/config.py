@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from localbroker.config import RetryPolicy, StartFrom
+from localbroker.config import RetryPolicy, StartFrom, keywords
 from localbroker.topics import TopicPattern
 
 from .errors import SyncConfigurationError
@@ -237,9 +237,13 @@ class NatsJetStreamConfig(TargetConfig):
 
 
 def build_config(cls: type[C], **options: Any) -> C:
-    """``cls(**options)`` (plus the environment), raising SyncConfigurationError naming each problem."""
+    """``cls(**options)`` (plus the environment), raising SyncConfigurationError naming each problem.
+
+    A None is kept for the options that take it (``maxlen=None``: no cap), and means "not
+    given" for the others (``url=None``: the default or the environment).
+    """
     try:
-        return cls(**{k: v for k, v in options.items() if v is not None})
+        return cls(**keywords(cls, options))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"

@@ -79,6 +79,10 @@ class InboundLedger:
         """The last message refused, with the reason (``<where>: <reason>``)."""
         self.conflicts = 0
         """Messages dropped for reusing the id of an event with other content."""
+        self.own = 0
+        """Messages of this service itself (mirrored by this broker, or by another instance of
+        the service, which handled the event where it was published): acknowledged, never
+        appended, so that an event does not come back to the service that published it."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -103,6 +107,7 @@ class InboundLedger:
             "rejected": self.rejected,
             "last_rejected": self.last_rejected,
             "conflicts": self.conflicts,
+            "own_service": self.own,
         }
 
     async def _scan_log(self, broker: Broker, offset: int) -> None:

@@ -246,7 +246,8 @@ class NatsInbound:
                 self.redelivered += 1
             headers = msg.headers or {}
             if headers.get(SERVICE) == self.target.service:
-                to_ack.append(msg)  # mirrored by this service itself: already handled locally
+                ledger.own += 1  # mirrored by this service itself: handled where published
+                to_ack.append(msg)
                 continue
             where = f"message {seq} of stream {stream} ({msg.subject})"
             try:

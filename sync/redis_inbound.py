@@ -174,7 +174,8 @@ class InboundConsumer:
                 if raw is None:  # deleted from the stream while pending
                     continue
                 if raw.get(b"service", b"").decode(errors="replace") == self.target.service:
-                    continue  # mirrored by this service itself: already handled locally
+                    ledger.own += 1  # mirrored by this service itself: handled where published
+                    continue
                 where = f"entry {entry_id.decode()} of {stream}"
                 try:
                     envelope = entry_to_envelope(stream, entry_id.decode(), raw, topic=topic)

@@ -22,10 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from localbroker.broker.broker import SYNC_STATUS_PREFIX
+from localbroker.broker.health import Stall
 from localbroker.config import StartFrom
-from localbroker.errors import BrokerStateError, NotFoundError, SerializationError, SyncError
+from localbroker.errors import (
+    BrokerStateError,
+    CorruptLogError,
+    LocalBrokerError,
+    NotFoundError,
+    SerializationError,
+    SyncError,
+)
 from localbroker.events import decode_envelope
 from localbroker.log import Record
+from localbroker.log.recovery import REPAIR_HINT
 
 from .config import TargetConfig
 from .errors import SyncConfigurationError, TargetUnavailableError
@@ -43,6 +52,9 @@ PRODUCER_KEY = "sync.producer"
 STATE_PREFIX = "sync.state."
 #: The service name of the whole process, for every target without a ``service`` of its own.
 SERVICE_ENV = "LOCALBROKER_SERVICE"
+#: Longest wait between two reads of a log the mirror cannot read (damage): it goes on by
+#: itself once the read succeeds, without a hot loop meanwhile.
+STALLED_RETRY_MAX = 5.0
 
 C = TypeVar("C", bound=TargetConfig)
 
@@ -164,6 +176,9 @@ class SyncTarget(abc.ABC, Generic[C]):
         self._cursor_moved = asyncio.Event()
         self.closing = False
         """Set by :meth:`close`: loops stop at their next turn."""
+        self.stall: Stall | None = None
+        """Why the mirror cannot read the log at its cursor (damage), None while it can."""
+        self._stalled_reads = 0
 
     @property
     def broker(self) -> Broker:
@@ -295,7 +310,20 @@ class SyncTarget(abc.ABC, Generic[C]):
                         self.cursor = min(at, broker.visible_offset)
                         self._cursor_moved.set()
                     self._resume = False
-                records = self._read()
+                try:
+                    records = self._read()
+                except (LocalBrokerError, OSError) as exc:
+                    # Damage in the log (or a disk error): never skip it, never end the loop.
+                    await self._stalled(exc)
+                    continue
+                if self.stall is not None:
+                    logger.warning(
+                        "%s: the mirror reads again at offset %d (it was stalled: %s)",
+                        self.name,
+                        self.cursor,
+                        self.stall.cause,
+                    )
+                    self.stall, self._stalled_reads = None, 0
                 if not records:
                     self.health.ok()
                     try:
@@ -314,6 +342,24 @@ class SyncTarget(abc.ABC, Generic[C]):
             self.cursor = records[-1].offset + 1
             self.sent += len(records)
             self._cursor_moved.set()
+
+    async def _stalled(self, error: Exception) -> None:
+        """The read at the cursor fails: say so once, loudly, then wait (backing off)."""
+        cause = str(error) or repr(error)
+        if self.stall is None or self.stall.cause != cause:
+            self.stall, self._stalled_reads = Stall(self.cursor, cause, time.time()), 0
+            self.health.last_error, self.health.last_error_at = cause, self.stall.since
+            logger.error(
+                "%s: the mirror is stalled at offset %d: %s; nothing after this offset is "
+                "sent until the read succeeds (it retries, backing off to every %.0f s)%s",
+                self.name,
+                self.cursor,
+                cause,
+                STALLED_RETRY_MAX,
+                f"; {REPAIR_HINT}" if isinstance(error, CorruptLogError) else "",
+            )
+        self._stalled_reads += 1
+        await asyncio.sleep(min(STALLED_RETRY_MAX, 0.25 * 2**self._stalled_reads))
 
     async def wait_mirrored(self, timeout: float = 30.0) -> None:
         """Wait until the server confirmed every event that the log held when called.
@@ -406,6 +452,14 @@ class SyncTarget(abc.ABC, Generic[C]):
             "throughput": round(rate, 1),
             "last_error": self.health.last_error,
             "last_error_at": self.health.last_error_at,
+            # The offset it cannot read and why (damage in the log), or None.
+            "stalled": None
+            if self.stall is None
+            else {
+                "position": self.stall.position,
+                "cause": self.stall.cause,
+                "since": self.stall.since,
+            },
             **self.extra_status(),
         }
 

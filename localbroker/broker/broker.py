@@ -21,7 +21,7 @@ from localbroker.broker.clock import Clock, LoopClock
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
-from localbroker.broker.health import Health
+from localbroker.broker.health import Health, Stall
 from localbroker.broker.indexer import EventIndexer
 from localbroker.broker.log_tail import LogTail
 from localbroker.broker.middleware import Middleware, PublishNext, chain_publish, overrides
@@ -88,7 +88,11 @@ SYNC_STATUS_PREFIX = "sync.status."
 
 @runtime_checkable
 class StatusReporter(Protocol):
-    """An extension that reports its status (sync targets): see :meth:`Broker.sync_status`."""
+    """An extension that reports its status (sync targets): see :meth:`Broker.sync_status`.
+
+    A status whose ``stalled`` entry is set (``{"position", "cause", "since"}``, the fields of
+    :class:`~localbroker.broker.health.Stall`) makes :meth:`Broker.health` not ok.
+    """
 
     name: str
 
@@ -1012,7 +1016,15 @@ class Broker:
                 for sub in health.stalled:   # e.g. a damaged record in the log
                     print(sub.name, sub.position, sub.stall.cause)
         """
-        return Health.of((r.health() for r in self._runtimes.values()), self.log.gaps)
+        return Health.of(
+            (r.health() for r in self._runtimes.values()),
+            self.log.gaps,
+            {
+                f"sync target {name}": Stall(**status["stalled"])
+                for name, status in self.sync_status().items()
+                if status.get("stalled")
+            },
+        )
 
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""

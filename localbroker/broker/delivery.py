@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from localbroker.broker.clock import Clock
@@ -46,7 +46,7 @@ class HandlerCall:
     never touch the deadline of a later one.
     """
 
-    __slots__ = ("deadline", "expired", "task")
+    __slots__ = ("coro", "deadline", "expired", "task")
 
     def __init__(self, task: asyncio.Task[None], deadline: float) -> None:
         self.task = task
@@ -54,6 +54,9 @@ class HandlerCall:
         """Loop time by which the handler must have returned (``inf`` until it starts)."""
         self.expired = False
         """Set by the watchdog when it cancelled ``task`` for being past the deadline."""
+        self.coro: Coroutine[Any, Any, None] | None = None
+        """An async handler's coroutine while it runs: closed by ``close()`` if the handler
+        ignores cancellation past ``handler_shutdown_timeout``."""
 
 
 class DeliveryContext:
@@ -147,6 +150,12 @@ class HandlerSpec:
     """The class of every other topic, or None when the handler takes its typed topics only."""
     wants_context: bool
     is_async: bool
+
+    @property
+    def name(self) -> str:
+        """``module.qualname`` of the handler, for messages."""
+        fn = self.fn
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
     @classmethod
     def inspect(cls, fn: Handler) -> HandlerSpec:

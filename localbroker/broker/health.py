@@ -61,21 +61,29 @@ class Health:
                 print(sub.name, sub.stall.cause)
 
     ``lost`` lists offsets lost earlier (cut out by ``localbroker repair``, or missing after
-    a crash); they are history and do not make ``ok`` false.
+    a crash); they are history and do not make ``ok`` false. ``readers`` lists the other
+    readers of the log that are stalled now, by name (``sync target redis``: a mirror that
+    cannot read the log at its cursor).
     """
 
     subscribers: dict[str, SubscriberHealth] = field(default_factory=dict)
     lost: list[Gap] = field(default_factory=list)
+    readers: dict[str, Stall] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, subscribers: Iterable[SubscriberHealth], lost: list[Gap]) -> Health:
-        """Health from each subscriber's."""
-        return cls({s.name: s for s in subscribers}, list(lost))
+    def of(
+        cls,
+        subscribers: Iterable[SubscriberHealth],
+        lost: list[Gap],
+        readers: dict[str, Stall] | None = None,
+    ) -> Health:
+        """Health from each subscriber's (and the stalls of other readers)."""
+        return cls({s.name: s for s in subscribers}, list(lost), dict(readers or {}))
 
     @property
     def ok(self) -> bool:
-        """No subscriber is stalled."""
-        return not self.stalled
+        """No subscriber and no other reader of the log is stalled."""
+        return not self.stalled and not self.readers
 
     @property
     def stalled(self) -> list[SubscriberHealth]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import logging
 import math
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localbroker.broker.clock import Clock, Timer
 from localbroker.broker.context import enter_handler, leave_handler
@@ -188,11 +189,11 @@ class SubscriberRuntime:
 
         Plain ``def`` handlers still running in threads get ``thread_timeout`` seconds to
         return; threads still running then are abandoned with a warning (daemon threads: they
-        do not keep the process from exiting).
+        do not keep the process from exiting). Async handlers that ignore their cancellation
+        get as long (see :meth:`_stop_tasks`).
         """
         self.halt()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._stop_tasks(thread_timeout)
         if self.threads is not None:
             self.threads.shutdown(wait=False, cancel_futures=True)
             running = [asyncio.wrap_future(f) for f in self.threads.running()]
@@ -209,6 +210,51 @@ class SubscriberRuntime:
                         len(hung),
                         thread_timeout,
                     )
+
+    async def _stop_tasks(self, timeout: float) -> None:
+        """Wait for the cancelled tasks, within ``timeout`` seconds.
+
+        An async handler that catches its ``CancelledError`` and goes on awaiting keeps its
+        worker alive: it is cancelled again at each of its awaits, and once ``timeout`` has
+        passed its coroutine is closed (``GeneratorExit`` at its await, its ``finally`` blocks
+        run), so that neither ``close()`` nor ``asyncio.run``'s teardown waits for it forever.
+        """
+        pending = {t for t in self._tasks if not t.done()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        warned = False
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+            if not pending:
+                break
+            stubborn = [c for c in self._calls if c.task in pending and c.coro is not None]
+            if stubborn and not warned:
+                warned = True
+                logger.warning(
+                    "subscriber %s: handler %s did not stop when cancelled at close (does it "
+                    "catch CancelledError?); cancelling it again for up to %.1f s, then closing "
+                    "it (its event is delivered again after a restart)",
+                    self.name,
+                    self.sub.handler.name,
+                    timeout,
+                )
+            over = loop.time() >= deadline
+            for call in stubborn:
+                if over and call.coro is not None:
+                    with contextlib.suppress(RuntimeError):  # it ignored GeneratorExit too
+                        call.coro.close()
+                    call.coro = None
+            for task in pending:
+                task.cancel()
+            if over and not stubborn:
+                break  # nothing left that closing a handler could end
+        if pending:
+            logger.error(
+                "subscriber %s: %d task(s) still running after close; abandoned",
+                self.name,
+                len(pending),
+            )
+        self._tasks.clear()
 
     def halt(self) -> None:
         """Start no more handlers: cancel the tasks and timers (``stop()`` waits for them)."""
@@ -379,16 +425,37 @@ class SubscriberRuntime:
                 self._checking_redeliveries = False
 
     async def _pick_up_redeliveries(self) -> None:
-        for entry in await self.broker.store.retrying_dlq(self.name):
-            if entry.offset in self.redelivering or entry.offset in self.pending:
-                continue
+        # Which entries to take is decided right after the read, with no await in between:
+        # a delivery that finishes while this pass awaits a (cold) read is popped from
+        # ``redelivering`` and its entry resolved, and an entry list checked entry by entry
+        # after such awaits handed it out a second time (issue 9 item 3). Only this task
+        # hands out redeliveries, so an entry taken here is handed out by no one else.
+        taken = [
+            entry
+            for entry in await self.broker.store.retrying_dlq(self.name)
+            if entry.offset not in self.redelivering and entry.offset not in self.pending
+        ]
+        unreadable = False
+        for entry in taken:
             try:
                 records = await self.broker.fetch_log(entry.offset, 1)
                 if not records or records[0].offset != entry.offset:
                     # A read from a lost offset returns the record after the gap.
                     raise NotFoundError(f"offset {entry.offset} is not in the log (lost)")
             except LocalBrokerError as exc:
-                logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
+                if exc.retriable:
+                    # E.g. the archive is unreachable: look again later, never drop the entry.
+                    logger.warning(
+                        "DLQ entry %s of subscriber %s cannot be read yet (%s); trying again "
+                        "in %.0f s",
+                        entry.id,
+                        self.name,
+                        exc,
+                        READ_RETRY_DELAY,
+                    )
+                    unreadable = True
+                else:
+                    logger.error("DLQ entry %s cannot be redelivered: %s", entry.id, exc)
                 continue
             envelope = decode_envelope(records[0].payload)
             delivery = Delivery(
@@ -401,6 +468,8 @@ class SubscriberRuntime:
             )
             self.redelivering[entry.offset] = delivery
             self._dispatch(delivery)
+        if unreadable:
+            self._later(READ_RETRY_DELAY, self._redelivery_check.set)
 
     # -- handling --------------------------------------------------------------------------
 
@@ -493,7 +562,8 @@ class SubscriberRuntime:
                 nonlocal job
                 args = (event, context) if spec.wants_context else (event,)
                 if self.threads is None:
-                    await spec.call(*args)  # type: ignore[misc]
+                    call.coro = coro = cast("Coroutine[Any, Any, None]", spec.call(*args))
+                    await coro
                     return
                 # In a copy of this context, so events the handler publishes join the chain.
                 run = contextvars.copy_context().run
@@ -605,14 +675,18 @@ class SubscriberRuntime:
         """Hand ``d`` to a worker again after ``delay`` seconds (it keeps its key meanwhile)."""
         if delay <= 0:
             self.ready.put_nowait(d)
-            return
+        else:
+            self._later(delay, lambda: self.ready.put_nowait(d))
+
+    def _later(self, delay: float, callback: Callable[[], object]) -> None:
+        """Call ``callback`` in ``delay`` seconds, unless the subscriber stops first."""
         handle: Timer
 
-        def requeue() -> None:
+        def fire() -> None:
             self._timers.discard(handle)
-            self.ready.put_nowait(d)
+            callback()
 
-        handle = self.clock.call_later(delay, requeue)
+        handle = self.clock.call_later(delay, fire)
         self._timers.add(handle)
 
     def _prune_done(self) -> None:

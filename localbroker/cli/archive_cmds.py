@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from localbroker.cli.common import data_option, fmt_time, run
+from localbroker.cli.common import data_option, fmt_time, given, run
 
 __all__ = ["archive", "export"]
 
@@ -117,7 +117,7 @@ async def run_archive(
     """
     module = _archive_module()
     config = module.load_archive_config(
-        bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url
+        **given(bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url)
     )
     with console.status("uploading..."):
         uploaded, deleted = await module.archive_now(data, config)
@@ -178,7 +178,7 @@ async def export(
     if fmt == "parquet" and to_stdout:
         raise click.UsageError("--format parquet needs --output FILE")
     config = module.load_archive_config(
-        bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url
+        **given(bucket=bucket, directory=directory, prefix=prefix, endpoint_url=endpoint_url)
     )
     reader = module.ArchiveReader(config)
     selected = topics or None

@@ -13,9 +13,15 @@ import click
 
 from localbroker.errors import LocalBrokerError
 
-__all__ = ["data_option", "fmt_time", "run"]
+__all__ = ["data_option", "fmt_time", "given", "run"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (click passes None for the others), so that the
+    environment still applies to those left out (a None keyword would mean the value None)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def data_option(fn: F) -> F:

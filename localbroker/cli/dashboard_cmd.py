@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from localbroker.cli.common import given
 from localbroker.errors import LocalBrokerError
 from localbroker.extras import require_extra
 
@@ -40,7 +41,7 @@ def dashboard(data: Path, host: str | None, port: int | None, token: str | None)
         from localbroker.dashboard import create_app, load_dashboard_config
         from localbroker.dashboard.config import is_loopback
 
-        config = load_dashboard_config(host=host, port=port, token=token)
+        config = load_dashboard_config(**given(host=host, port=port, token=token))
     except LocalBrokerError as exc:  # a missing extra or a bad option
         raise click.ClickException(str(exc)) from exc
     import uvicorn

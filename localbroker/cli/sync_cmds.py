@@ -39,7 +39,8 @@ def sync_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @run
 async def status(data: Path, as_json: bool) -> None:
-    """Per target: connected or not, cursor, backlog, throughput and last error.
+    """Per target: connected, disconnected or stalled (damage in the log at its cursor),
+    cursor, backlog, throughput and last error.
 
     The backlog counts events in the log not yet confirmed by the target.
 
@@ -66,6 +67,8 @@ async def status(data: Path, as_json: bool) -> None:
     for name, s in sorted(statuses.items()):
         if not s["running"]:
             state = "[dim]not running[/]"
+        elif s.get("stalled"):
+            state = "[red]stalled[/]"  # at its cursor; the last error says why
         elif s.get("connected"):
             state = "[green]connected[/]"
         else:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from localbroker.config import problems
+from localbroker.config import keywords, problems
 from localbroker.errors import ConfigurationError
 
 __all__ = ["DashboardConfig", "is_loopback", "load_dashboard_config"]
@@ -54,11 +54,13 @@ class DashboardConfig(BaseSettings):
 
 
 def load_dashboard_config(**overrides: Any) -> DashboardConfig:
-    """A :class:`DashboardConfig` from the environment and ``overrides`` (None: not given).
+    """A :class:`DashboardConfig` from the environment and ``overrides``.
 
-    Raises :class:`~localbroker.errors.ConfigurationError` naming every bad option.
+    A None is kept for the options that take it (``token=None``: no token, whatever the
+    environment says) and means "not given" for the others. Raises
+    :class:`~localbroker.errors.ConfigurationError` naming every bad option.
     """
     try:
-        return DashboardConfig(**{k: v for k, v in overrides.items() if v is not None})
+        return DashboardConfig(**keywords(DashboardConfig, overrides))
     except ValidationError as exc:
         raise ConfigurationError(f"invalid dashboard configuration: {problems(exc)}") from exc

@@ -213,6 +213,9 @@ async def test_config_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert archive.config.prefix == "shop"
     assert archive.config.retention.max_bytes == 1000
     assert archive.config.endpoint_url == "http://127.0.0.1:1"
+    monkeypatch.setenv("LOCALBROKER_ARCHIVE_ENDPOINT_URL", "http://127.0.0.1:2")
+    assert Archive().config.endpoint_url == "http://127.0.0.1:2"
+    assert Archive(endpoint_url=None).config.endpoint_url is None  # None is a value here
     monkeypatch.setenv("LOCALBROKER_ARCHIVE_PART_SIZE", "12")
     with pytest.raises(ConfigurationError, match="part_size"):
         Archive()

@@ -146,6 +146,60 @@ async def test_close_returns_when_a_handler_swallows_its_cancellation(tmp_path: 
         await broker.close()
 
 
+STUBBORN_CHILD = textwrap.dedent(
+    """
+    import asyncio, logging, sys, time
+    from localbroker import Broker
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
+    async def main() -> None:
+        broker = Broker(sys.argv[1], start_from="earliest", handler_shutdown_timeout=1.0)
+        started = asyncio.Event()
+
+        @broker.subscriber("work.todo", name="stubborn")
+        async def never_stops(event) -> None:
+            started.set()
+            try:
+                while True:
+                    try:
+                        await asyncio.sleep(3600)
+                    except asyncio.CancelledError:
+                        continue  # swallowed, every time
+            finally:
+                print("handler finally ran", flush=True)
+
+        async with broker:
+            await broker.publish("work.todo", {})
+            await asyncio.wait_for(started.wait(), 30)
+            closing = time.monotonic()
+        print(f"closed after {time.monotonic() - closing:.1f} s", flush=True)
+
+    asyncio.run(main())  # its teardown waits for every task left: none may be left
+    print("exiting", flush=True)
+    """
+)
+
+
+def test_an_async_handler_swallowing_every_cancellation_cannot_hang_close_or_exit(
+    tmp_path: Path,
+) -> None:
+    """Leftover d: close() is bounded (handler_shutdown_timeout), warns naming the subscriber
+    and the handler, and closes the handler's coroutine, so asyncio.run can end too."""
+    child = run_child(STUBBORN_CHILD, str(tmp_path))
+    assert child.returncode == 0, child.stderr
+    out = child.stdout.splitlines()
+    assert out[0] == "handler finally ran"
+    closed = float(out[1].removeprefix("closed after ").removesuffix(" s"))
+    assert 1.0 <= closed < 10, out
+    assert out[2] == "exiting"
+    assert (
+        "subscriber stubborn: handler __main__.main.<locals>.never_stops did not stop when "
+        "cancelled at close" in child.stderr
+    )
+    assert "Traceback" not in child.stderr
+
+
 async def test_a_def_handler_waiting_for_its_thread_does_not_burn_tries(tmp_path: Path) -> None:
     # One thread (concurrency 1): the retry of a try that outlived its ack timeout waits for
     # that thread, without running twice at once and without its own ack timer running.

@@ -22,6 +22,8 @@ def test_binding_beyond_localhost_needs_a_token(tmp_path: Path, monkeypatch) -> 
 def test_token_from_the_environment_and_its_length(monkeypatch) -> None:
     monkeypatch.setenv("LOCALBROKER_DASHBOARD_TOKEN", "s" * 24)
     assert load_dashboard_config(host="0.0.0.0").token == "s" * 24
+    assert load_dashboard_config(host=None).token == "s" * 24  # None host: not given
+    assert load_dashboard_config(token=None).token is None  # None token: no token
     with pytest.raises(ConfigurationError, match="token: String should have at least 16"):
         load_dashboard_config(token="short")
 

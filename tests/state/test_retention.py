@@ -5,6 +5,7 @@ until resolved or discarded. Ages come from a clock passed in, or rows rewritten
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -143,3 +144,21 @@ def test_retention_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("LOCALBROKER_HISTORY_RETENTION", "0")
     with pytest.raises(ConfigurationError, match="history_retention"):
         load_config()
+
+
+async def test_history_retention_none_keyword_keeps_history_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Broker(dir, history_retention=None)`` means "keep forever"; it was silently dropped
+    (the default or the environment applied). Other options taking None are kept too."""
+    monkeypatch.setenv("LOCALBROKER_HISTORY_RETENTION", "3600")
+    monkeypatch.setenv("LOCALBROKER_SEGMENT_MAX_AGE", "60")
+    assert Broker(tmp_path).config.history_retention == 3600  # the environment applies
+    broker = Broker(tmp_path, history_retention=None, segment_max_age=None)
+    assert (broker.config.history_retention, broker.config.segment_max_age) == (None, None)
+    assert Broker(None, history_retention=None).data_dir == Path("./localbroker-data")
+    async with broker:
+        names = {task.get_name() for task in asyncio.all_tasks()}
+        assert "localbroker-control" in names
+        assert "localbroker-history" not in names  # nothing trims the history
+        assert broker.log.segment_max_age is None

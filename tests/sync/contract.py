@@ -34,7 +34,8 @@ import pytest
 from localbroker import Broker, Event, GenericEvent, RetryPolicy
 from localbroker.state.store import StateStore
 from localbroker.sync import SyncTarget
-from tests.sync.helpers import cli_sync_status, log_envelopes, log_ids, publish_n
+from tests.broker.damage import Damage, damage_record, write_notes
+from tests.sync.helpers import cli_sync_status, invoke, log_envelopes, log_ids, publish_n
 from tests.waiting import wait_until
 
 #: Envelope fields every target keeps, besides service, producer and offset.
@@ -194,6 +195,15 @@ def recorder(into: list[int]) -> Any:
     return handler
 
 
+def flip_back(damage: Damage) -> None:
+    """Undo :func:`damage_record`: the record reads right again."""
+    with damage.segment.open("r+b") as f:
+        f.seek(damage.position + 40)
+        byte = f.read(1)
+        f.seek(damage.position + 40)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
 class SyncTargetContract:
     """The behaviour every sync target has; subclass it with a ``backend`` fixture."""
 
@@ -339,6 +349,51 @@ class SyncTargetContract:
         assert status["last_error"]  # the last error stays visible after the outage
         status = (await cli_sync_status(data_dir))[target.name]  # nothing runs it now
         assert (status["running"], status["backlog"]) == (False, 0)
+
+    async def test_damage_in_the_log_stalls_the_mirror_loudly_until_it_reads_again(
+        self, backend: Backend, data_dir: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A record that fails its checksum stops the mirror at its offset: an ERROR naming
+        file, byte and offset, the status and health say stalled, and the loop keeps trying:
+        once the record reads again, or after ``localbroker repair``, the mirror goes on."""
+        await write_notes(data_dir, 200)
+        first, second = damage_record(data_dir, 60), damage_record(data_dir, 150)
+        target = backend.target()
+        name = f"sync target {target.name}"
+        async with Broker(data_dir, segment_bytes=4096, sync=[target]) as broker:
+            await wait_until(lambda: target.stall, what="the mirror to stall at the damage")
+            assert target.cursor == 60  # everything before the damage was sent
+            assert first.named() in target.stall.cause
+            stalled = broker.health().readers[name]
+            assert (stalled.position, broker.health().ok) == (60, False)
+
+            async def cli_sees_the_stall() -> bool:
+                status = (await cli_sync_status(data_dir))[target.name]
+                return status["running"] and (status["stalled"] or {}).get("position") == 60
+
+            await wait_until(cli_sees_the_stall, what="the stall in `localbroker sync status`")
+            result = await invoke("sync", "status", "--data", str(data_dir))
+            assert "stalled" in result.output, result.output
+            assert not any(task.done() for task in target._tasks), "a loop ended"
+            flip_back(first)  # the bad byte reads right again: the mirror goes on by itself
+            await wait_until(lambda: target.cursor == 150, what="the mirror to read on")
+            assert target.stall is not None
+            assert second.named() in target.stall.cause
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert sum(first.named() in line for line in errors) == 1, errors  # once, not per try
+        assert any("localbroker repair" in line for line in errors)
+        assert "the mirror reads again at offset 60" in caplog.text
+
+        result = await invoke("repair", str(data_dir))
+        assert result.exit_code == 0, result.output
+        target = backend.target()
+        async with Broker(data_dir, segment_bytes=4096, sync=[target]) as broker:
+            await target.wait_mirrored()
+            assert target.stall is None
+            assert broker.health().ok
+        mirrored = ids_once(backend)
+        assert mirrored == log_ids(data_dir)
+        assert len(mirrored) == 199  # offset 150 was cut out by repair, nothing else is lost
 
     @pytest.mark.slow
     async def test_server_kill_9_loses_and_doubles_no_event(

@@ -151,6 +151,8 @@ def test_targets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert redis_target.config.inbound_topics == ("payment.done",)
     assert isinstance(mongo_target, MongoStore)
     assert mongo_target.config.events_ttl == 3600
+    # A None keyword is a value where the option takes None (no TTL), not "use the default".
+    assert MongoStore("mongodb://db:27017/shop", events_ttl=None).config.events_ttl is None
     assert mongo_target.db.name == "shop"
     assert isinstance(postgres_target, PostgresStore)
     assert postgres_target.describe() == "postgres db:5433/shop schema billing"  # no password

@@ -404,6 +404,35 @@ async def test_message_headers_become_the_event(
     assert status["consumers"] == {"shop_payment_done": "payment.done"}
 
 
+async def test_messages_of_this_service_are_acknowledged_not_appended(
+    data_dir: Path, nats_server: NatsServer, js: JetStreamContext
+) -> None:
+    """Leftover e: loop prevention, as the README says. What this service mirrored (from this
+    data directory, or from another instance of the service) is not appended again, and is
+    counted; what another service (or a plain client) publishes on the topic is appended."""
+    target = inbound(nats_server.url)
+    async with Broker(data_dir, sync=[target]) as broker:
+        mine = await broker.publish("payment.done", {"n": 0})  # mirrored out, comes back
+        sibling = await js.publish(  # another instance of shop (its own data directory)
+            SUBJECT, b'{"n": 1}', headers={"Event-Service": SERVICE, "Event-Producer": "p2"}
+        )
+        other = await js.publish(
+            SUBJECT, b'{"n": 2}', headers={"Event-Service": "billing", "Nats-Msg-Id": "b-1"}
+        )
+        plain = await js.publish(SUBJECT, b'{"n": 3}')
+        await wait_until(
+            lambda: target.status()["inbound"]["own_service"] == 2,
+            what="both messages of shop to be skipped",
+        )
+        await wait_until(lambda: target.inbound.ledger.received == 2, what="the others")
+        await target.wait_mirrored()
+    envelopes = log_envelopes(data_dir)
+    assert [e["id"] for e in envelopes] == [mine.id, "b-1", f"EVENTS/{plain.seq}"]
+    assert [e["data"]["n"] for e in envelopes] == [0, 2, 3]
+    assert sibling.seq < other.seq
+    assert (await consumer_info(js, "payment.done")).num_ack_pending == 0  # all acknowledged
+
+
 async def test_redelivery_after_a_crash_before_the_ack_is_not_appended_twice(
     data_dir: Path, nats_server: NatsServer, js: JetStreamContext
 ) -> None:
