@@ -23,13 +23,16 @@ from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health, Stall
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.log_tail import LogTail
 from localbroker.broker.middleware import Middleware, PublishNext, chain_publish, overrides
 from localbroker.broker.positions import handed_out
+from localbroker.broker.roles import RoleLocks
 from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
     BrokerConfig,
+    FsyncPolicy,
     MissingState,
     RetryPolicy,
     StartFrom,
@@ -195,9 +198,11 @@ class Broker:
         self._writer: LogWriter | None = None
         self._indexer: EventIndexer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._append_event: asyncio.Event | None = None
+        self._tail: LogTail | None = None
+        # Interim (until leases in state.db): see localbroker.broker.roles.
+        self._roles = RoleLocks(self.data_dir)
+        self._started_extensions: list[Extension] = []
         self._idle_event: asyncio.Event | None = None
-        self.visible_offset = 0
         self.cold_reader: ColdReader | None = None
         """Set by an extension to serve offsets below the local log's start (see ColdReader)."""
         self._started = False
@@ -302,8 +307,10 @@ class Broker:
         subscription = Subscription(name=name, patterns=patterns, handler=spec, config=config)
         self._subscriptions[name] = subscription
         if self._started:
-            task = asyncio.get_running_loop().create_task(self._start_subscriber(subscription))
-            self._tasks.append(task)
+            start = self._roles.run(
+                _subscriber_role(name), functools.partial(self._start_subscriber, subscription)
+            )
+            self._tasks.append(asyncio.get_running_loop().create_task(start))
         return subscription
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -409,10 +416,11 @@ class Broker:
             return
         self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
+        # Here, not in __init__: the data directory is final now (TestBroker picks a new one).
+        self._roles = RoleLocks(self.data_dir)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._owner = asyncio.current_task()
-        self._append_event = asyncio.Event()
         self._idle_event = asyncio.Event()
         log = CommitLog(
             self.data_dir / "log",
@@ -459,7 +467,8 @@ class Broker:
         self._recreate_from = None
         self._handler_exit = None
         self._owner_cancelled = False
-        self.visible_offset = 0
+        self._tail = None
+        self._started_extensions = []
         self._io.shutdown(wait=False)  # shut down by the close already (or never used)
         self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
 
@@ -473,8 +482,12 @@ class Broker:
         await self._schemas.record(self._store)
         if cfg.index_events:
             self._index = await EventIndex.open(self.data_dir / "index.db")
-        await self._keep_offsets_unique()
-        self.visible_offset = log.next_offset
+        if log.opened_alone:
+            # Offsets can only have been lost while no process had the log open (a crash
+            # of them all); a process joining live ones finds every position within the log.
+            await self._keep_offsets_unique()
+        self._tail = LogTail(log, durable_only=cfg.fsync is FsyncPolicy.ALWAYS)
+        self._tail.start()
         if self._index is not None:
             self._indexer = EventIndexer(self, self._index, max_lag=cfg.index_max_lag)
         self._writer = LogWriter(
@@ -482,22 +495,47 @@ class Broker:
             fsync=cfg.fsync,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             on_visible=self._on_visible,
-            on_appended=self._indexer.feed if self._indexer is not None else None,
+            on_appended=self._feed_index if self._indexer is not None else None,
         )
         self._writer.start()
-        # Extensions first: one may provide the cold reader that new subscribers starting
-        # from "earliest" begin with.
-        for extension in self.extensions:
-            await extension.start(self)
+        # The parts that run in one process only: see localbroker.broker.roles. Extensions
+        # first: one may provide the cold reader that new subscribers starting from
+        # "earliest" begin with.
+        roles = self._roles
+        await roles.run("extensions", self._start_extensions)
         if self._indexer is not None:
-            self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
+            await roles.run("indexer", self._start_indexer)
         for subscription in list(self._subscriptions.values()):
-            await self._start_subscriber(subscription)
+            await roles.run(
+                _subscriber_role(subscription.name),
+                functools.partial(self._start_subscriber, subscription),
+            )
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
-        self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
+        await roles.run("control", self._start_control)
         if cfg.history_retention is not None:
-            trimmer = HistoryTrimmer(self.store, cfg.history_retention)
-            self._tasks.append(asyncio.create_task(trimmer.run(), name="localbroker-history"))
+            await roles.run("history", self._start_history)
+
+    async def _start_extensions(self) -> None:
+        for extension in self.extensions:
+            # Listed first: one whose start fails half way is closed too.
+            self._started_extensions.append(extension)
+            await extension.start(self)
+
+    async def _start_indexer(self) -> None:
+        assert self._indexer is not None
+        self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
+
+    async def _start_control(self) -> None:
+        self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
+
+    async def _start_history(self) -> None:
+        assert self.config.history_retention is not None
+        trimmer = HistoryTrimmer(self.store, self.config.history_retention)
+        self._tasks.append(asyncio.create_task(trimmer.run(), name="localbroker-history"))
+
+    def _feed_index(self, first_offset: int, metas: list[IndexMeta]) -> None:
+        if self._indexer is not None and self._roles.held("indexer"):
+            self._indexer.feed(first_offset, metas)
 
     def _missing_state(self, state_path: Path) -> StartFrom:
         """The log holds events but ``state.db`` is gone: refuse, or recreate as configured."""
@@ -546,7 +584,8 @@ class Broker:
 
     async def _close(self) -> None:
         try:
-            for extension in reversed(self.extensions):
+            await self._roles.stop_trying()
+            for extension in reversed(self._started_extensions):
                 try:
                     await extension.close()
                 except Exception:
@@ -561,8 +600,10 @@ class Broker:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._indexer is not None:
+            if self._indexer is not None and self._roles.held("indexer"):
                 await self._finish_index(self._indexer)
+            if self._tail is not None:
+                await self._tail.close()
             if self._store is not None:
                 try:
                     await self._flush(force=True)
@@ -582,6 +623,8 @@ class Broker:
                     )
                     raise
         finally:
+            # Last: until here this process still did the roles' work.
+            self._roles.release_all()
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
 
@@ -921,27 +964,29 @@ class Broker:
         return await self._writer.append(records, metas)
 
     def _on_visible(self, next_offset: int) -> None:
-        self.visible_offset = next_offset
-        assert self._append_event is not None
-        self._append_event.set()
+        if self._tail is not None:
+            self._tail.advance(next_offset)
+
+    @property
+    def visible_offset(self) -> int:
+        """Records below this offset may be read: stored according to the fsync policy, by
+        this process or another one on the same directory."""
+        return self._tail.visible_offset if self._tail is not None else 0
+
+    @property
+    def log_tail(self) -> LogTail:
+        """The end of the log as this process sees it: visible offset, wait, read."""
+        if self._tail is None:
+            raise BrokerStateError.not_running()
+        return self._tail
 
     async def wait_for_append(self, offset: int) -> None:
         """Return once the log holds a record at ``offset`` (used by readers of the log)."""
-        event = self._append_event
-        assert event is not None
-        while self.visible_offset <= offset:
-            if event.is_set():
-                # Everybody waiting was woken; re-arm for the next append.
-                event.clear()
-            await event.wait()
+        await self.log_tail.wait_for_append(offset)
 
     def read_log(self, offset: int, max_records: int) -> list[Record]:
         """Records from ``offset`` that subscribers may see (stored according to the policy)."""
-        records = self.log.read(offset, max_records=max_records)
-        visible = self.visible_offset
-        if records and records[-1].offset >= visible:
-            records = [r for r in records if r.offset < visible]
-        return records
+        return self.log_tail.read(offset, max_records)
 
     async def fetch_log(self, offset: int, max_records: int) -> list[Record]:
         """Like :meth:`read_log`, but offsets deleted locally come from the cold reader."""
@@ -1027,7 +1072,7 @@ class Broker:
 
     async def chain(self, correlation_id: str) -> Chain:
         """Every event of the chain started by ``correlation_id``, as a tree, with its deliveries."""
-        if self._indexer is not None:
+        if self._indexer is not None and self._roles.held("indexer"):
             await self._indexer.catch_up()
         await self._flush()  # the chain shows delivery states as of now
         return await build_chain(
@@ -1122,6 +1167,10 @@ class Broker:
                 await self.dlq.execute_requests()
             except Exception:
                 logger.exception("failed to carry out operator requests")
+
+
+def _subscriber_role(name: str) -> str:
+    return f"subscriber-{name}"
 
 
 def _meta(event: Event, appended: float) -> IndexMeta:

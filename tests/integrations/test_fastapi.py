@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from localbroker import Broker, Command, LogLockedError
 from localbroker.integrations.fastapi import CorrelationIdMiddleware, lifespan
+from localbroker.log import CommitLog
 from localbroker.testing import TestBroker
 
 
@@ -78,7 +79,8 @@ def test_the_header_name_is_configurable() -> None:
 
 
 async def test_a_broker_that_cannot_start_fails_the_apps_startup(tmp_path: Path) -> None:
-    async with Broker(tmp_path):  # holds the writer lock
+    # Held for itself, as `localbroker repair` holds it (brokers share a directory).
+    with CommitLog(tmp_path / "log", exclusive=True):
         app, steps = make_app(Broker(tmp_path))
         with pytest.raises(LogLockedError), TestClient(app):
             pass

@@ -1,0 +1,133 @@
+"""Several broker processes on one data directory: real processes, some SIGKILLed."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from localbroker import Broker
+from localbroker.log import CommitLog, verify
+from tests.children import Child
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def spawn(tmp: Path, name: str, *args: str) -> Child:
+    """A ``tests.broker.process_child`` process; its output goes to ``tmp/NAME.out``."""
+    return Child(tmp / f"{name}.out", "tests.broker.process_child", *args)
+
+
+def publisher(tmp: Path, name: str, count: int) -> Child:
+    return spawn(tmp, name, "publish", str(tmp / "data"), name, str(count))
+
+
+def check_acknowledged(data: Path, acks: list[list[str]]) -> int:
+    """Dense offsets; every acknowledged event exactly once, at its offset; verify clean."""
+    assert verify(data / "log").ok
+    with CommitLog(data / "log", readonly=True) as log:
+        records = []
+        offset = 0
+        while batch := log.read(offset, 10_000):
+            records.extend(batch)
+            offset = batch[-1].offset + 1
+        end = log.next_offset
+    assert [r.offset for r in records] == list(range(end)), "offsets are not dense"
+    where: dict[str, list[int]] = {}
+    for record in records:
+        where.setdefault(orjson.loads(record.payload)["id"], []).append(record.offset)
+    for _name, event_id, offset in acks:
+        assert where.get(event_id) == [int(offset)], f"acknowledged {event_id} at {offset}"
+    return end
+
+
+async def test_four_processes_publish_2000_events_each(tmp_path: Path) -> None:
+    children = [publisher(tmp_path, f"p{i}", 2000) for i in range(4)]
+    assert [c.finish() for c in children] == [0, 0, 0, 0]
+    acks = [line for c in children for line in c.lines()]
+    assert len(acks) == 8000
+    assert check_acknowledged(tmp_path / "data", acks) == 8000
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+async def test_publishers_sigkilled_at_random_moments_lose_nothing_acknowledged(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    live = [publisher(tmp_path, f"p{i}", 10**9) for i in range(4)]
+    done: list[Child] = []
+    for round_ in range(5):
+        victim = rng.choice(live)
+        goal = len(victim.lines()) + rng.randint(1, 400)
+        await wait_until(
+            lambda v=victim, g=goal: len(v.lines()) >= g or v.process.poll() is not None,
+            timeout=60,
+            what=f"{victim.name} to publish",
+        )
+        victim.kill()
+        live.remove(victim)
+        done.append(victim)
+        live.append(publisher(tmp_path, f"r{round_}", 10**9))
+    for child in live:
+        goal = len(child.lines()) + 10
+        await wait_until(lambda c=child, g=goal: len(c.lines()) >= g, timeout=60, what=child.name)
+        child.kill()
+        done.append(child)
+    acks = [line for c in done for line in c.lines()]
+    assert len(acks) > 100
+    end = check_acknowledged(tmp_path / "data", acks)
+    assert end >= len(acks)
+    # The directory is fine for the next broker: it recovers alone and publishes.
+    async with Broker(tmp_path / "data") as broker:
+        assert (await broker.publish("x.after", {})).offset == end
+
+
+async def test_handler_in_another_process_runs_for_an_event_published_here(
+    tmp_path: Path,
+) -> None:
+    handler = spawn(tmp_path, "handler", "handle", str(tmp_path / "data"))
+    try:
+        await wait_until(lambda: ["ready"] in handler.lines(), timeout=60, what="handler ready")
+        async with Broker(tmp_path / "data") as broker:
+            result = await broker.publish("x.hello", {"n": 1})
+            await wait_until(
+                lambda: any(line[:2] == ["handled", result.id] for line in handler.lines()),
+                what="the other process to handle the event",
+            )
+    finally:
+        handler.kill()
+
+
+async def test_subscriber_moves_when_its_process_is_sigkilled(tmp_path: Path) -> None:
+    first = spawn(tmp_path, "h1", "handle", str(tmp_path / "data"))
+    second = spawn(tmp_path, "h2", "handle", str(tmp_path / "data"))
+    children = {str(first.process.pid): first, str(second.process.pid): second}
+    try:
+        for child in (first, second):
+            await wait_until(lambda c=child: ["ready"] in c.lines(), timeout=60, what="ready")
+
+        def handled_by(event_id: str) -> set[str]:
+            return {
+                line[2]
+                for child in (first, second)
+                for line in child.lines()
+                if line[:2] == ["handled", event_id]
+            }
+
+        async with Broker(tmp_path / "data") as broker:
+            one = await broker.publish("x.one", {})
+            await wait_until(lambda: handled_by(one.id), what="the first event handled")
+            [holder] = handled_by(one.id)
+            children[holder].kill()
+            other = next(pid for pid in children if pid != holder)
+            two = await broker.publish("x.two", {})
+            await wait_until(
+                lambda: other in handled_by(two.id), what="the other process to take over"
+            )
+    finally:
+        for child in (first, second):
+            if child.process.poll() is None:
+                child.kill()
