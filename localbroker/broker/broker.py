@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any, Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.context import current_scope
+from localbroker.broker.coordinator import Coordinator, Role
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health
@@ -53,6 +55,7 @@ from localbroker.log import CommitLog, Record
 from localbroker.log.gaps import GAPS_FILE
 from localbroker.registry import EventRegistry, Upcaster
 from localbroker.schemas import SchemaRecorder
+from localbroker.state.coordination import LOCKS_DIR, Coordination, Lease, ProcessIdentity
 from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.retention import HistoryTrimmer
 from localbroker.state.store import StateStore, state_exists
@@ -129,6 +132,9 @@ class SubscribeOptions(TypedDict, total=False):
     """For a subscriber never seen before: ``"earliest"``, ``"latest"``, an offset or a time."""
     dont_retry: Iterable[type[BaseException]]
     """Exception types that send the event straight to the DLQ."""
+    per_process: bool
+    """Each process on the data directory handles every event, with a position of its own
+    (cache invalidation); by default the processes share one queue."""
 
 
 class Broker:
@@ -175,6 +181,12 @@ class Broker:
         self._index: EventIndex | None = None
         self._writer: LogWriter | None = None
         self._indexer: EventIndexer | None = None
+        self._coordinator: Coordinator | None = None
+        self._coordination_store: StateStore | None = None
+        # Tasks of the singleton roles this process holds now (see _singleton).
+        self._role_tasks: dict[str, asyncio.Task[None]] = {}
+        # The lease each shared queue runs under, checked by every save of its position.
+        self._fences: dict[str, Lease] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._append_event: asyncio.Event | None = None
         self._idle_event: asyncio.Event | None = None
@@ -229,6 +241,9 @@ class Broker:
         - ``start_from``: for a subscriber never seen before, ``"earliest"``, ``"latest"``,
           an offset or a datetime (default: the broker's ``start_from``).
         - ``dont_retry``: exception types that send the event straight to the DLQ.
+        - ``per_process``: every process sharing the data directory handles every event (each
+          keeps its own position, see ``process_name``); by default the processes running
+          this subscriber share its queue, each event handled by one of them.
 
         The annotation of the handler's event parameter narrows what it receives: a handler
         typed ``UserCreated`` on ``user.*`` receives ``user.created`` only (the other topics
@@ -267,6 +282,7 @@ class Broker:
                 concurrency=options.get("concurrency", 1),
                 start_from=start_from,
                 dont_retry=tuple(options.get("dont_retry", ())),
+                per_process=options.get("per_process", False),
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid options for subscriber {name!r}: {exc}") from exc
@@ -283,7 +299,7 @@ class Broker:
         subscription = Subscription(name=name, patterns=patterns, handler=spec, config=config)
         self._subscriptions[name] = subscription
         if self._started:
-            task = asyncio.get_running_loop().create_task(self._start_subscriber(subscription))
+            task = asyncio.get_running_loop().create_task(self._run_subscriber(subscription))
             self._tasks.append(task)
         return subscription
 
@@ -407,7 +423,23 @@ class Broker:
         await self._schemas.record(self._store)
         if cfg.index_events:
             self._index = await EventIndex.open(self.data_dir / "index.db")
-        await self._keep_offsets_unique()
+        # On a connection of its own, so that renewals never queue behind the broker's writes.
+        self._coordination_store = await StateStore.open(state_path, create=True)
+        coordination = Coordination(
+            self._coordination_store,
+            ProcessIdentity.new(),
+            lock_dir=self.data_dir / LOCKS_DIR,
+            dead_after=cfg.lease_timeout,
+        )
+        self._coordinator = coordinator = Coordinator(coordination, lease_length=cfg.lease_timeout)
+        await coordinator.register()
+        # One process checks the offsets at a time; another starting meanwhile skips it.
+        check = await coordination.acquire("offsets-check", length=cfg.lease_timeout)
+        if check is not None:
+            try:
+                await self._keep_offsets_unique()
+            finally:
+                await coordination.release(check)
         self.visible_offset = log.next_offset
         if self._index is not None:
             self._indexer = EventIndexer(self, self._index)
@@ -416,22 +448,62 @@ class Broker:
             fsync=cfg.fsync,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             on_visible=self._on_visible,
-            on_appended=self._indexer.feed if self._indexer is not None else None,
+            on_appended=self._feed_indexer if self._indexer is not None else None,
         )
         self._writer.start()
         # Extensions first: one may provide the cold reader that new subscribers starting
         # from "earliest" begin with.
-        for extension in self.extensions:
-            await extension.start(self)
+        if self.extensions:
+            coordinator.add(Role("extensions", self._start_extensions, self._stop_extensions))
         if self._indexer is not None:
-            self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
+            coordinator.add(self._singleton("indexer", self._indexer.run))
         for subscription in list(self._subscriptions.values()):
-            await self._start_subscriber(subscription)
-        self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
-        self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
+            await self._run_subscriber(subscription)
+        coordinator.add(self._singleton("requests", self._control_loop))
         if cfg.history_retention is not None:
             trimmer = HistoryTrimmer(self.store, cfg.history_retention)
-            self._tasks.append(asyncio.create_task(trimmer.run(), name="localbroker-history"))
+            coordinator.add(self._singleton("retention", trimmer.run))
+        await coordinator.start()
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
+
+    def _singleton(self, name: str, run: Callable[[], Any]) -> Role:
+        """A role that is one task, run by one process at a time."""
+
+        async def start(lease: Lease) -> None:
+            self._role_tasks[name] = asyncio.create_task(run(), name=f"localbroker-{name}")
+
+        async def stop(drain: bool) -> None:
+            task = self._role_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        return Role(name, start, stop)
+
+    async def _start_extensions(self, lease: Lease) -> None:
+        started = 0
+        try:
+            for extension in self.extensions:
+                started += 1  # one that fails half-way is closed too
+                await extension.start(self)
+        except BaseException:
+            await self._close_extensions(self.extensions[:started])
+            raise
+
+    async def _stop_extensions(self, drain: bool) -> None:
+        await self._close_extensions(self.extensions)
+
+    async def _close_extensions(self, extensions: Sequence[Extension]) -> None:
+        for extension in reversed(extensions):
+            try:
+                await extension.close()
+            except Exception:
+                logger.exception("extension %r failed to close", extension)
+
+    def _feed_indexer(self, first_offset: int, metas: list[IndexMeta]) -> None:
+        # Rows kept for the indexer only where it runs; elsewhere they would pile up.
+        if self._indexer is not None and "indexer" in self._role_tasks:
+            self._indexer.feed(first_offset, metas)
 
     def _missing_state(self, state_path: Path) -> StartFrom:
         """The log holds events but ``state.db`` is gone: refuse, or recreate as configured."""
@@ -479,28 +551,30 @@ class Broker:
         return self._closing
 
     async def _close(self) -> None:
+        coordinator = self._coordinator
         try:
-            for extension in reversed(self.extensions):
-                try:
-                    await extension.close()
-                except Exception:
-                    logger.exception("extension %r failed to close", extension)
-            # Handlers first (a cancelled one stays in flight and is redelivered after a
-            # restart), so that none publishes into a closed writer; then everything buffered
-            # is written.
+            if coordinator is not None:
+                # First, so that no inbound sync publishes into the closed writer.
+                await coordinator.hand_back("extensions")
+            # Handlers next (a cancelled one stays in flight and is redelivered, after a
+            # restart or by another process), so that none publishes into a closed writer;
+            # then everything buffered is written.
             timeout = self.config.handler_shutdown_timeout
             await asyncio.gather(*(r.stop(timeout) for r in self._runtimes.values()))
             if self._writer is not None:
                 await self._writer.close()
-            for task in self._tasks:
+            tasks = [*self._tasks, *self._role_tasks.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._indexer is not None:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._indexer is not None and "indexer" in self._role_tasks:
                 with contextlib.suppress(Exception):
                     await self._indexer.catch_up()
             if self._store is not None:
                 await self._flush(force=True)
                 await self._store.release_subscribers(self._runtimes)
+            if coordinator is not None:
+                await coordinator.close()
         finally:
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
@@ -542,7 +616,7 @@ class Broker:
 
     async def _close_files(self) -> None:
         """Close the state, the index and the log (and its writer lock), whatever fails."""
-        for closing in (self._store, self._index):
+        for closing in (self._store, self._coordination_store, self._index):
             if closing is not None:
                 try:
                     await closing.close()
@@ -596,25 +670,76 @@ class Broker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, functools.partial(fn, *args))
 
-    async def _start_subscriber(self, subscription: Subscription) -> None:
+    async def _run_subscriber(self, subscription: Subscription) -> None:
+        """Run ``subscription`` here: its own queue if per process, else under its lease."""
+        coordinator = self._coordinator
+        assert coordinator is not None
+        if subscription.config.per_process:
+            instance = self.config.process_name or coordinator.me
+            await self._start_subscriber(subscription, f"{subscription.name}@{instance}")
+            return
+        role = Role(
+            f"subscriber:{subscription.name}",
+            lambda lease: self._start_subscriber(subscription, subscription.name, lease),
+            lambda drain: self._stop_subscriber(subscription.name, drain=drain),
+            share=True,
+        )
+        if coordinator.running:
+            await coordinator.try_take(role)
+        else:
+            coordinator.add(role)  # taken by the coordinator's first round, in _open
+
+    async def _start_subscriber(
+        self, subscription: Subscription, queue: str, lease: Lease | None = None
+    ) -> None:
+        """Start delivering to ``subscription`` from the position stored under ``queue``."""
         store = self.store
-        state = await store.get_subscriber(subscription.name)
+        state = await store.get_subscriber(queue)
         patterns = list(subscription.patterns)
         if state is None:
             start_from = (
                 self._recreate_from or subscription.config.start_from or self.config.start_from
             )
             start = await self._start_offset(start_from)
-            state = await store.create_subscriber(subscription.name, patterns, start)
+            state = await store.create_subscriber(queue, patterns, start)
             if self._recreate_from is not None:
-                self._warn_recreated(subscription.name, start)
+                self._warn_recreated(queue, start)
         elif state.patterns != patterns:
-            await store.update_patterns(subscription.name, patterns)
+            await store.update_patterns(queue, patterns)
             state.patterns = patterns
-        restored = await store.deliveries_since(subscription.name, state.committed)
+        restored = await store.deliveries_since(queue, state.committed)
+        if queue != subscription.name:
+            subscription = dataclasses.replace(subscription, name=queue)
         runtime = SubscriberRuntime(self, subscription, state, restored, self.config)
-        self._runtimes[subscription.name] = runtime
+        if lease is not None:
+            self._fences[queue] = lease
+        self._runtimes[queue] = runtime
         runtime.start()
+
+    async def _stop_subscriber(self, queue: str, *, drain: bool) -> None:
+        """Stop the queue (its lease is lost, or handed to another process) and save it."""
+        if self._closed:
+            return  # close() stops and saves every queue itself
+        runtime = self._runtimes.get(queue)
+        if runtime is None:
+            return
+        if drain:
+            await runtime.drain(runtime.ack_timeout)
+        await runtime.stop(self.config.handler_shutdown_timeout)
+        del self._runtimes[queue]
+        fence = self._fences.pop(queue, None)
+        self._delivery_finished()
+        try:
+            # Fenced: saved only if this process still holds the lease (not after a takeover).
+            await self.store.save_subscribers(
+                [runtime.snapshot()], os.getpid(), {queue: fence} if fence else None
+            )
+        except Exception:
+            logger.exception(
+                "subscriber %s: could not save its position when it stopped here; the next "
+                "process delivers again what was finished since the last save",
+                queue,
+            )
 
     def _warn_recreated(self, name: str, start: int) -> None:
         end = self.log.next_offset
@@ -866,7 +991,9 @@ class Broker:
         return {e.name: e.status() for e in self.extensions if isinstance(e, StatusReporter)}
 
     def health(self) -> Health:
-        """Whether every subscriber can read on, and which offsets the log has lost.
+        """Whether every subscriber can read on, which offsets the log has lost, which processes
+        share the directory and which leases each holds (as of the last coordination round,
+        at most a second old).
 
         Example::
 
@@ -875,7 +1002,12 @@ class Broker:
                 for sub in health.stalled:   # e.g. a damaged record in the log
                     print(sub.name, sub.position, sub.stall.cause)
         """
-        return Health.of((r.health() for r in self._runtimes.values()), self.log.gaps)
+        coordinator = self._coordinator
+        return Health.of(
+            (r.health() for r in self._runtimes.values()),
+            self.log.gaps,
+            coordinator.processes if coordinator is not None else (),
+        )
 
     def runtime(self, name: str) -> SubscriberRuntime | None:
         """The running queue of subscriber ``name`` in this process, if any."""
@@ -928,7 +1060,7 @@ class Broker:
     async def _flush(self, *, force: bool = False) -> None:
         states = [r.snapshot() for r in self._runtimes.values() if force or r.dirty]
         if states:
-            await self.store.save_subscribers(states, os.getpid())
+            await self.store.save_subscribers(states, os.getpid(), self._fences)
         await self._schemas.save_if_changed(self.store)
 
     async def _flush_loop(self) -> None:
@@ -945,12 +1077,25 @@ class Broker:
                 continue
             if heartbeat:
                 last_heartbeat = now
+                await self._pick_up_retries()
                 # An idle log still rolls its active segment by age, so that the segment
                 # becomes sealed (and archivable, and removable by retention) on time.
                 try:
                     await self._blocking(self.log.roll_if_due)
                 except Exception:
                     logger.exception("could not roll the active segment")
+
+    async def _pick_up_retries(self) -> None:
+        """Wake the queues here whose DLQ entries another process sent back (CLI requests)."""
+        try:
+            waiting = await self.store.subscribers_with_retries()
+        except Exception:
+            logger.exception("could not read the DLQ entries being retried")
+            return
+        for name in waiting:
+            runtime = self._runtimes.get(name)
+            if runtime is not None and not runtime.redelivering:
+                runtime.notify_redelivery()
 
     async def _control_loop(self) -> None:
         interval = self.config.control_poll_interval

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from localbroker.log import Gap
+from localbroker.state.coordination import ProcessInfo
 
 __all__ = ["Health", "HealthState", "Stall", "SubscriberHealth"]
 
@@ -61,16 +62,25 @@ class Health:
                 print(sub.name, sub.stall.cause)
 
     ``lost`` lists offsets lost earlier (cut out by ``localbroker repair``, or missing after
-    a crash); they are history and do not make ``ok`` false.
+    a crash); they are history and do not make ``ok`` false. ``processes`` are those sharing
+    the data directory (pid, host, started, heartbeat), each with the leases it holds
+    (``roles``: singletons such as ``indexer``, and ``subscriber:<name>`` queues).
+    ``Broker.health()`` lists its own subscribers (those whose queue runs in this process).
     """
 
     subscribers: dict[str, SubscriberHealth] = field(default_factory=dict)
     lost: list[Gap] = field(default_factory=list)
+    processes: list[ProcessInfo] = field(default_factory=list)
 
     @classmethod
-    def of(cls, subscribers: Iterable[SubscriberHealth], lost: list[Gap]) -> Health:
+    def of(
+        cls,
+        subscribers: Iterable[SubscriberHealth],
+        lost: list[Gap],
+        processes: Iterable[ProcessInfo] = (),
+    ) -> Health:
         """Health from each subscriber's."""
-        return cls({s.name: s for s in subscribers}, list(lost))
+        return cls({s.name: s for s in subscribers}, list(lost), list(processes))
 
     @property
     def ok(self) -> bool:

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -47,6 +48,8 @@ __all__ = [
     "ProcessInfo",
     "ProcessLock",
     "lock_is_free",
+    "read_processes",
+    "renew_blocking",
 ]
 
 logger = logging.getLogger("localbroker.coordination")
@@ -90,6 +93,7 @@ class ProcessInfo:
     heartbeat: float
     version: str
     roles: tuple[str, ...]
+    """The leases it holds (unexpired): singletons by name, queues as ``subscriber:<name>``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,39 +186,31 @@ class Coordination:
         """Take this process's liveness lock and add its row."""
         self._lock.acquire()
         try:
-            await self._insert_me(())
+            await self._insert_me()
         except BaseException:
             self._lock.release()
             raise
 
-    async def _insert_me(self, roles: Iterable[str]) -> None:
+    async def _insert_me(self) -> None:
         me = self.me
         await self.store._write(
             f"register process {me.id}",
-            "INSERT INTO processes (id, pid, host, started, heartbeat, version, roles)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat ="
-            " excluded.heartbeat, roles = excluded.roles",
-            (
-                me.id,
-                me.pid,
-                me.host,
-                me.started,
-                self._clock(),
-                me.version,
-                orjson.dumps(sorted(roles)).decode(),
-            ),
+            "INSERT INTO processes (id, pid, host, started, heartbeat, version)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET heartbeat ="
+            " excluded.heartbeat",
+            (me.id, me.pid, me.host, me.started, self._clock(), me.version),
         )
 
-    async def heartbeat(self, roles: Iterable[str]) -> bool:
-        """Renew this process's heartbeat and the roles it shows; False if it had been reaped.
+    async def heartbeat(self) -> bool:
+        """Renew this process's heartbeat; False if it had been reaped.
 
         A process taken for dead (its heartbeat stalled past ``dead_after``) lost its leases
         then; it is registered again, and must take them anew.
         """
         cursor = await self.store._write(
             f"renew the heartbeat of process {self.me.id}",
-            "UPDATE processes SET heartbeat = ?, roles = ? WHERE id = ?",
-            (self._clock(), orjson.dumps(sorted(roles)).decode(), self.me.id),
+            "UPDATE processes SET heartbeat = ? WHERE id = ?",
+            (self._clock(), self.me.id),
         )
         if cursor.rowcount:
             return True
@@ -223,7 +219,7 @@ class Coordination:
             self.me.id,
             self.dead_after,
         )
-        await self._insert_me(roles)
+        await self._insert_me()
         return False
 
     async def unregister(self) -> None:
@@ -234,15 +230,13 @@ class Coordination:
                     "UPDATE leases SET holder = NULL, expires = 0 WHERE holder = ?", (self.me.id,)
                 )
                 await self.store.db.execute("DELETE FROM processes WHERE id = ?", (self.me.id,))
+                await self._forget_per_process(self.me.id)
         finally:
             self._lock.release()
 
     async def processes(self) -> list[ProcessInfo]:
         """Every registered process (dead ones not reaped yet included), oldest first."""
-        rows = await self.store._all(
-            "read the processes", "SELECT * FROM processes ORDER BY started, id"
-        )
-        return [_process(r) for r in rows]
+        return await read_processes(self.store, self._clock())
 
     def is_dead(self, process: ProcessInfo, now: float | None = None) -> bool:
         """Whether ``process`` is dead: heartbeat too old, or (same host) its lock is free."""
@@ -280,6 +274,7 @@ class Coordination:
                         (process.id,),
                     )
                 await self.store.db.execute("DELETE FROM processes WHERE id = ?", (process.id,))
+                await self._forget_per_process(process.id)
                 reaped.append((process, certain))
         for process, certain in reaped:
             if certain:
@@ -297,6 +292,17 @@ class Coordination:
                 "are free" if certain else "are free once they expire",
             )
         return [process for process, _ in reaped]
+
+    async def _forget_per_process(self, process_id: str) -> None:
+        """Delete the positions of per-process subscribers named after a process start.
+
+        Such a subscriber (``<name>@<process id>``; one named by ``process_name`` keeps its
+        position) belongs to that start only: nobody resumes it.
+        """
+        suffix = f"@{process_id}"
+        await self.store.db.execute(
+            "DELETE FROM subscribers WHERE substr(name, -?) = ?", (len(suffix), suffix)
+        )
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -334,7 +340,9 @@ class Coordination:
 
     async def _holder_dead(self, holder: str) -> bool:
         row = await self.store._one(
-            "read a lease holder", "SELECT * FROM processes WHERE id = ?", (holder,)
+            "read a lease holder",
+            "SELECT *, '[]' AS held FROM processes WHERE id = ?",
+            (holder,),
         )
         # No row: it closed (and released) or was reaped as silent; its lease expires.
         return row is not None and self.certainly_dead(_process(row))
@@ -383,6 +391,52 @@ class Coordination:
         return [Lease(r[0], r[1], r[2], r[3]) for r in rows]
 
 
+def renew_blocking(
+    db: sqlite3.Connection,
+    process_id: str,
+    leases: Iterable[Lease],
+    *,
+    length: float,
+    clock: Callable[[], float] = time.time,
+) -> set[str]:
+    """Heartbeat and renew ``leases`` in one transaction on a plain ``sqlite3`` connection.
+
+    For a thread of its own (the broker's renewer): renewals then never wait for a busy
+    event loop. Returns the names of the leases still held (renewed).
+    """
+    renewed: set[str] = set()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        now = clock()
+        db.execute("UPDATE processes SET heartbeat = ? WHERE id = ?", (now, process_id))
+        for lease in leases:
+            cursor = db.execute(
+                "UPDATE leases SET expires = ? WHERE name = ? AND holder = ? AND epoch = ?",
+                (now + length, lease.name, process_id, lease.epoch),
+            )
+            if cursor.rowcount:
+                renewed.add(lease.name)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return renewed
+
+
+async def read_processes(store: StateStore, now: float | None = None) -> list[ProcessInfo]:
+    """The processes registered on the directory, oldest first, each with the leases it holds
+    now (unexpired) as its ``roles``. For tools beside the broker too (``BrokerView``)."""
+    now = time.time() if now is None else now
+    rows = await store._all(
+        "read the processes",
+        "SELECT p.*, (SELECT json_group_array(l.name) FROM (SELECT name FROM leases"
+        " WHERE holder = p.id AND expires > ? ORDER BY name) AS l) AS held"
+        " FROM processes AS p ORDER BY p.started, p.id",
+        (now,),
+    )
+    return [_process(r) for r in rows]
+
+
 def _process(r: aiosqlite.Row) -> ProcessInfo:
     return ProcessInfo(
         id=r["id"],
@@ -391,5 +445,5 @@ def _process(r: aiosqlite.Row) -> ProcessInfo:
         started=r["started"],
         heartbeat=r["heartbeat"],
         version=r["version"],
-        roles=tuple(orjson.loads(r["roles"])),
+        roles=tuple(orjson.loads(r["held"])),
     )

@@ -97,9 +97,8 @@ CREATE TABLE IF NOT EXISTS processes (
     host      TEXT NOT NULL,
     started   REAL NOT NULL,
     heartbeat REAL NOT NULL,
-    version   TEXT NOT NULL,                   -- localbroker's version
-    roles     TEXT NOT NULL DEFAULT '[]'       -- JSON list of the leases it holds
-);
+    version   TEXT NOT NULL                    -- localbroker's version
+);  -- the roles it holds are the leases whose holder it is
 
 -- Leases: what one process at a time may do (a singleton role, a subscriber's queue).
 -- `epoch` grows at every change of holder: a fencing token that a holder's writes check.

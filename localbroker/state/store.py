@@ -18,15 +18,18 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import orjson
 
 from localbroker.errors import BrokerStateError, NotFoundError, StateStoreError
 from localbroker.state.schema import STATE_SCHEMA
+
+if TYPE_CHECKING:
+    from localbroker.state.coordination import Lease
 
 __all__ = [
     "DLQEntry",
@@ -543,9 +546,19 @@ class StateStore:
             subscriber=name,
         )
 
-    async def save_subscribers(self, states: Iterable[SubscriberState], pid: int) -> None:
-        """Write positions and counters of several subscribers in one transaction."""
+    async def save_subscribers(
+        self,
+        states: Iterable[SubscriberState],
+        pid: int,
+        fences: Mapping[str, Lease] | None = None,
+    ) -> None:
+        """Write positions and counters of several subscribers in one transaction.
+
+        A subscriber named in ``fences`` is written only while the lease there still has that
+        holder and epoch (another process that took its queue over is not overwritten).
+        """
         now = self._clock()
+        fences = fences or {}
         rows = [
             (
                 s.committed,
@@ -559,6 +572,7 @@ class StateStore:
                 now,
                 pid,
                 s.name,
+                *_fence(fences.get(s.name)),
             )
             for s in states
         ]
@@ -566,9 +580,18 @@ class StateStore:
             await self.db.executemany(
                 "UPDATE subscribers SET committed = ?, position = ?, done = ?, processed = ?,"
                 " failures = ?, dead = ?, handler_hist = ?, updated = ?, heartbeat = ?, pid = ?"
-                " WHERE name = ?",
+                " WHERE name = ? AND (? IS NULL OR EXISTS (SELECT 1 FROM leases"
+                " WHERE name = ? AND holder = ? AND epoch = ?))",
                 rows,
             )
+
+    async def subscribers_with_retries(self) -> list[str]:
+        """Subscribers with DLQ entries an operator sent back that are not handled yet."""
+        rows = await self._all(
+            "read the DLQ entries being retried",
+            "SELECT DISTINCT subscriber FROM dlq WHERE status = 'retrying'",
+        )
+        return [row[0] for row in rows]
 
     async def release_subscribers(self, names: Iterable[str]) -> None:
         """Mark subscribers as no longer run by a live process."""
@@ -1048,6 +1071,13 @@ class StateStore:
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [(k, orjson.dumps(v).decode()) for k, v in values.items()],
             )
+
+
+def _fence(lease: Lease | None) -> tuple[str | None, str | None, str | None, int | None]:
+    """``(name, name, holder, epoch)`` of the lease a write checks; Nones for no check."""
+    if lease is None:
+        return (None, None, None, None)
+    return (lease.name, lease.name, lease.holder, lease.epoch)
 
 
 def _describe(exc: sqlite3.Error) -> str:

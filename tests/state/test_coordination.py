@@ -49,7 +49,7 @@ async def test_register_heartbeat_unregister(tmp_path: Path) -> None:
         lease = await coord.acquire("indexer", length=5.0)
         assert lease is not None
         assert lease.epoch == 1
-        assert await coord.heartbeat(["indexer"])
+        assert await coord.heartbeat()
         [me] = await coord.processes()
         assert me.roles == ("indexer",)
         assert me.heartbeat >= me.started
