@@ -222,7 +222,7 @@ async def archive_now(
     if store is None:
         # First: a missing extra or location is the error to report, before the directory's.
         store = await asyncio.to_thread(open_store, config)
-    log = CommitLog(data_dir / "log")
+    log = CommitLog(data_dir / "log", exclusive=True)  # no broker may run meanwhile
     try:
         await asyncio.to_thread(log.open)
     except LogLockedError:

@@ -5,7 +5,7 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     LocalBrokerError
     ├── ConfigurationError        bad option, URL or environment value; event classes without upcasters between them
     ├── BrokerStateError          broker not started, already closed, directory in use
-    │   ├── LogLockedError        another process holds the log directory's writer lock
+    │   ├── LogLockedError        the log directory is held by another process (repair, a broker)
     │   └── LeaseLostError        this process no longer holds the lease it acted under (fencing)
     ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)
     ├── SubscriberStalledError    a subscriber cannot read on (damage in the log); from wait_idle
@@ -64,7 +64,12 @@ class BrokerStateError(LocalBrokerError):
 
 
 class LogLockedError(BrokerStateError):
-    """Another process holds the writer lock on the log directory."""
+    """The log directory is not available to this opener.
+
+    Raised by what needs the directory to itself (``localbroker repair``, ``state repair``,
+    ``archive run``: ``CommitLog(..., exclusive=True)``) while a broker has it open, and by
+    ``Broker.start`` while one of those holds it. Brokers share a directory with each other.
+    """
 
     def __init__(self, directory: Path | str, holder: str | None = None) -> None:
         self.directory = Path(directory)

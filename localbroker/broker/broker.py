@@ -24,12 +24,14 @@ from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.log_tail import LogTail
 from localbroker.broker.positions import handed_out
 from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
 from localbroker.config import (
     BrokerConfig,
+    FsyncPolicy,
     MissingState,
     RetryPolicy,
     StartFrom,
@@ -188,9 +190,8 @@ class Broker:
         # The lease each shared queue runs under, checked by every save of its position.
         self._fences: dict[str, Lease] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._append_event: asyncio.Event | None = None
+        self._tail: LogTail | None = None
         self._idle_event: asyncio.Event | None = None
-        self.visible_offset = 0
         self.cold_reader: ColdReader | None = None
         """Set by an extension to serve offsets below the local log's start (see ColdReader)."""
         self._started = False
@@ -388,7 +389,6 @@ class Broker:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._owner = asyncio.current_task()
-        self._append_event = asyncio.Event()
         self._idle_event = asyncio.Event()
         log = CommitLog(
             self.data_dir / "log",
@@ -433,14 +433,12 @@ class Broker:
         )
         self._coordinator = coordinator = Coordinator(coordination, lease_length=cfg.lease_timeout)
         await coordinator.register()
-        # One process checks the offsets at a time; another starting meanwhile skips it.
-        check = await coordination.acquire("offsets-check", length=cfg.lease_timeout)
-        if check is not None:
-            try:
-                await self._keep_offsets_unique()
-            finally:
-                await coordination.release(check)
-        self.visible_offset = log.next_offset
+        if log.opened_alone:
+            # Offsets can only have been lost while no process had the log open (a crash
+            # of them all); a process joining live ones finds every position within the log.
+            await self._keep_offsets_unique()
+        self._tail = LogTail(log, durable_only=cfg.fsync is FsyncPolicy.ALWAYS)
+        self._tail.start()
         if self._index is not None:
             self._indexer = EventIndexer(self, self._index)
         self._writer = LogWriter(
@@ -570,12 +568,18 @@ class Broker:
             if self._indexer is not None and "indexer" in self._role_tasks:
                 with contextlib.suppress(Exception):
                     await self._indexer.catch_up()
+            if self._tail is not None:
+                await self._tail.close()
             if self._store is not None:
                 await self._flush(force=True)
                 await self._store.release_subscribers(self._runtimes)
-            if coordinator is not None:
-                await coordinator.close()
         finally:
+            # Last: until here this process still did the roles' work.
+            if coordinator is not None:
+                try:
+                    await coordinator.close()
+                except Exception:
+                    logger.exception("could not release this process's leases")
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
 
@@ -925,27 +929,29 @@ class Broker:
         return await self._writer.append(records, metas)
 
     def _on_visible(self, next_offset: int) -> None:
-        self.visible_offset = next_offset
-        assert self._append_event is not None
-        self._append_event.set()
+        if self._tail is not None:
+            self._tail.advance(next_offset)
+
+    @property
+    def visible_offset(self) -> int:
+        """Records below this offset may be read: stored according to the fsync policy, by
+        this process or another one on the same directory."""
+        return self._tail.visible_offset if self._tail is not None else 0
+
+    @property
+    def log_tail(self) -> LogTail:
+        """The end of the log as this process sees it: visible offset, wait, read."""
+        if self._tail is None:
+            raise BrokerStateError.not_running()
+        return self._tail
 
     async def wait_for_append(self, offset: int) -> None:
         """Return once the log holds a record at ``offset`` (used by readers of the log)."""
-        event = self._append_event
-        assert event is not None
-        while self.visible_offset <= offset:
-            if event.is_set():
-                # Everybody waiting was woken; re-arm for the next append.
-                event.clear()
-            await event.wait()
+        await self.log_tail.wait_for_append(offset)
 
     def read_log(self, offset: int, max_records: int) -> list[Record]:
         """Records from ``offset`` that subscribers may see (stored according to the policy)."""
-        records = self.log.read(offset, max_records=max_records)
-        visible = self.visible_offset
-        if records and records[-1].offset >= visible:
-            records = [r for r in records if r.offset < visible]
-        return records
+        return self.log_tail.read(offset, max_records)
 
     async def fetch_log(self, offset: int, max_records: int) -> list[Record]:
         """Like :meth:`read_log`, but offsets deleted locally come from the cold reader."""
@@ -1021,7 +1027,7 @@ class Broker:
 
     async def chain(self, correlation_id: str) -> Chain:
         """Every event of the chain started by ``correlation_id``, as a tree, with its deliveries."""
-        if self._indexer is not None:
+        if self._indexer is not None and "indexer" in self._role_tasks:
             await self._indexer.catch_up()
         await self._flush()  # the chain shows delivery states as of now
         return await build_chain(

@@ -1,8 +1,9 @@
 """Appends to the commit log with group commit.
 
 Publishers hand encoded records to the writer and wait. One writer task takes everything
-buffered so far, writes it with one ``write`` and (with ``fsync="always"``) one fsync in a
-dedicated thread, then wakes every publisher of the batch. While a fsync runs, new records
+buffered so far, writes it with one ``write`` and (with ``fsync="always"``) one fsync, both in
+a dedicated thread (the append waits there for the log's append lock while another process
+appends), then wakes every publisher of the batch. While a fsync runs, new records
 pile up for the next batch, so concurrent publishers share fsyncs.
 """
 
@@ -98,10 +99,10 @@ class LogWriter:
             records, waiters, metas = self._records, self._waiters, self._metas
             self._records, self._waiters, self._metas = [], [], []
             try:
-                first = self._log.append(records)
-                if self._fsync is FsyncPolicy.ALWAYS:
-                    await loop.run_in_executor(self._executor, self._log.sync)
-                else:
+                # In the writer's thread: the append may wait for append.lock while another
+                # process appends, which must not hold up the event loop.
+                first = await loop.run_in_executor(self._executor, self._write, records)
+                if self._fsync is not FsyncPolicy.ALWAYS:
                     self._unsynced = True
             except Exception as exc:
                 logger.exception("append to the commit log failed")
@@ -120,6 +121,12 @@ class LogWriter:
             self._on_visible(offset)
             if self._closing and not self._records:
                 return
+
+    def _write(self, records: list[tuple[int, bytes]]) -> int:
+        first = self._log.append(records)
+        if self._fsync is FsyncPolicy.ALWAYS:
+            self._log.sync()
+        return first
 
     async def _sync_every_interval(self) -> None:
         loop = asyncio.get_running_loop()

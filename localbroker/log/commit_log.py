@@ -24,12 +24,10 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-
-import filelock
 
 from localbroker.errors import (
     BrokerStateError,
@@ -49,13 +47,22 @@ from localbroker.log.gaps import Gap, add_gaps, make_gap, read_gaps, reserved_en
 from localbroker.log.index import OffsetIndex
 from localbroker.log.record import Record, RecordError, iter_records
 from localbroker.log.recovery import list_bases, recover
-from localbroker.log.segment import Segment, SegmentEnd, log_path_for
+from localbroker.log.segment import Segment, SegmentEnd, index_path_for, log_path_for
+from localbroker.log.sharing import (
+    APPEND_LOCK_FILE,
+    MEMBERS_LOCK_FILE,
+    FileLock,
+    TailFile,
+    TailState,
+    current_boot,
+    read_tail,
+)
 
 __all__ = ["CHECKPOINT_FILE", "LOCK_FILE", "CommitLog", "SegmentInfo"]
 
 logger = logging.getLogger("localbroker.log")
 
-LOCK_FILE = "writer.lock"
+LOCK_FILE = MEMBERS_LOCK_FILE
 #: How many sealed segments keep an open descriptor for reads (least recently read closed).
 MAX_OPEN_SEALED = 64
 #: Largest segment whose positions fit the index's u32 position column.
@@ -96,8 +103,12 @@ class SegmentInfo:
 class CommitLog:
     """An append-only sequence of records split into segment files.
 
-    One process appends (it holds ``writer.lock``); any number of processes may open the same
-    directory with ``readonly=True`` and follow the writer with :meth:`refresh`.
+    Several processes may open the same directory for writing: each batch is appended under
+    ``append.lock`` at the end the others published in ``tail`` (docs/log-format.md,
+    "Several writers"), so offsets stay dense and totally ordered; :meth:`refresh` picks up
+    what the others appended. ``exclusive=True`` refuses (:class:`LogLockedError`) while any
+    other process has the log open for writing, and keeps others out. Any number of processes
+    may open it with ``readonly=True`` and follow the writers with :meth:`refresh`.
 
     Thread safety: :meth:`sync` may run in a worker thread while the owning thread calls
     :meth:`append`, :meth:`read` and :meth:`roll`; everything else belongs to one thread.
@@ -111,6 +122,7 @@ class CommitLog:
         segment_max_age: float | None = None,
         index_interval_bytes: int = 4096,
         readonly: bool = False,
+        exclusive: bool = False,
     ) -> None:
         if not 1 <= segment_bytes <= MAX_SEGMENT_BYTES:
             raise ConfigurationError(
@@ -130,9 +142,19 @@ class CommitLog:
         self.segment_max_age = segment_max_age
         self.index_interval_bytes = index_interval_bytes
         self.readonly = readonly
+        self.exclusive = exclusive
         self._segments: list[Segment] = []
         self._bases: list[int] = []
-        self._file_lock: filelock.BaseFileLock | None = None
+        # Held shared by every writer process (exclusive: alone); see localbroker.log.sharing.
+        self._members = FileLock(self._directory / MEMBERS_LOCK_FILE)
+        self._append_lock = FileLock(self._directory / APPEND_LOCK_FILE)
+        # flock belongs to the open file, not the thread: threads of this process take this
+        # first, so that only one of them at a time believes it holds append.lock.
+        self._append_mutex = threading.Lock()
+        self._tail_file = TailFile(self._directory)
+        self._seen_seq = 0
+        self.opened_alone = False
+        """Whether :meth:`open` found no other writer (it then ran the full recovery scan)."""
         self._is_open = False
         # Guards the active segment's identity, its fd and (size, next_offset) as one unit, so
         # that sync() in a worker thread takes a consistent snapshot. Held only for in-memory
@@ -141,6 +163,7 @@ class CommitLog:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_file = CheckpointFile(self._directory)
         self._checkpoint_offset = -1
+        self._durable_point = Checkpoint(0, 0, 0)
         self._durable_offset = 0
         self._dir_mtime = -1
         self._gaps: list[Gap] = []
@@ -189,30 +212,99 @@ class CommitLog:
     # -- open / close -------------------------------------------------------------------------
 
     def open(self) -> CommitLog:
-        """Open the directory: take the writer lock (unless readonly) and recover.
+        """Open the directory: join the writers (unless readonly) and recover.
 
-        Raises :class:`LogLockedError` when another writer holds the directory. A writer
-        raises :class:`CorruptLogError` for damage in the middle of the log (see
-        :mod:`localbroker.log.recovery`); a reader opens, and reads up to it (:attr:`damage`).
+        A writer that finds no other writer runs the full recovery scan; one that joins
+        others trusts the published tail and only cuts what a dead writer left past it.
+        Raises :class:`LogLockedError` when a process holds the directory for itself
+        (``localbroker repair``, an ``exclusive`` opener), or, with ``exclusive=True``, when
+        any other writer has it open. A writer raises :class:`CorruptLogError` for damage in
+        the middle of the log (see :mod:`localbroker.log.recovery`); a reader opens, and reads
+        up to it (:attr:`damage`).
         """
         if self._is_open:
             return self
         self._checkpoint_offset = -1  # the files may have changed since a previous open
-        if not self.readonly:
-            self._directory.mkdir(parents=True, exist_ok=True)
-            lock = filelock.FileLock(self._directory / LOCK_FILE, thread_local=False)
-            try:
-                lock.acquire(blocking=False)
-            except filelock.Timeout:
-                raise LogLockedError(self._directory) from None
-            self._file_lock = lock
+        self._seen_seq = 0
         try:
-            self._recover()
+            if self.readonly:
+                self._recover()
+            else:
+                self._open_writer()
         except BaseException:
             self._release()
             raise
         self._is_open = True
         return self
+
+    def _open_writer(self) -> None:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        # Under append.lock no batch is half written, and no other opener recovers meanwhile
+        # (the exclusive-to-shared conversion of the members lock below is not atomic).
+        with self._append_mutex:
+            self._append_lock.acquire()
+            try:
+                alone = self._members.acquire(blocking=False)
+                if not alone and (
+                    self.exclusive or not self._members.acquire(shared=True, blocking=False)
+                ):
+                    raise LogLockedError(self._directory)
+                self.opened_alone = alone
+                tail = self._tail_file.read()
+                self._seen_seq = tail.seq if tail is not None else 0
+                if tail is not None and tail.fresh:
+                    self._discard_unpublished_files(tail)
+                    # Alone: check everything from the checkpoint on, as after any crash.
+                    # Joining live writers: what they published is trusted.
+                    self._recover(trusted=None if alone else tail.end)
+                else:
+                    self._recover()
+                with self._lock:
+                    self._publish_locked()
+                if alone and not self.exclusive:
+                    self._members.acquire(shared=True)
+            finally:
+                self._append_lock.unlock()
+
+    def _discard_unpublished_files(self, tail: TailState) -> None:
+        """Cut what a writer that died mid-batch left past the published end (never acked).
+
+        Segments after the published one, and the bytes and index entries of the published
+        one past its published end. The caller holds append.lock.
+        """
+        directory = self._directory
+        if not directory.is_dir():
+            return
+        end = tail.end
+        discarded = False
+        for base in list_bases(directory):
+            if base > end.segment_base:
+                logger.warning(
+                    "%s: removing segment %d, created by a writer that died before it "
+                    "published it (its records were never acknowledged)",
+                    directory,
+                    base,
+                )
+                for path in (log_path_for(directory, base), index_path_for(directory, base)):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                discarded = True
+        path = log_path_for(directory, end.segment_base)
+        with contextlib.suppress(FileNotFoundError):
+            size = path.stat().st_size
+            if size > end.position:
+                _warn_unpublished(path, size, end.position, end.next_offset)
+                os.truncate(path, end.position)
+                index, _complete = OffsetIndex.load(
+                    index_path_for(directory, end.segment_base), end.position
+                )
+                index.truncate_file(len(index))
+                discarded = True
+        if discarded:
+            fsync_dir(directory)
+            # The dead writer may have moved the checkpoint to what is gone now.
+            if (ck := read_checkpoint(directory)) is None or ck.next_offset > end.next_offset:
+                self._checkpoint_file.store(tail.durable)
 
     def close(self) -> None:
         """Sync, write the checkpoint at the log end, release the lock. Idempotent."""
@@ -220,7 +312,7 @@ class CommitLog:
             return
         try:
             if not self.readonly:
-                with self._lock:
+                with self._exclusive():
                     active = self._segments[-1]
                     active.sync()
                     self._durable_offset = active.next_offset
@@ -240,9 +332,9 @@ class CommitLog:
             self._bases = []
             self._open_sealed.clear()
         self._checkpoint_file.close()
-        if self._file_lock is not None:
-            self._file_lock.release()
-            self._file_lock = None
+        self._tail_file.close()
+        self._append_lock.release()
+        self._members.release()
 
     def __enter__(self) -> CommitLog:
         return self.open()
@@ -266,7 +358,7 @@ class CommitLog:
 
     # -- recovery -----------------------------------------------------------------------------
 
-    def _recover(self) -> None:
+    def _recover(self, trusted: Checkpoint | None = None) -> None:
         directory = self._directory
         if not directory.is_dir():
             # A reader may start before the writer has created anything: an empty log that
@@ -275,7 +367,10 @@ class CommitLog:
             return
         self._dir_mtime = os.stat(directory).st_mtime_ns
         recovered = recover(
-            directory, writable=not self.readonly, index_interval=self.index_interval_bytes
+            directory,
+            writable=not self.readonly,
+            index_interval=self.index_interval_bytes,
+            trusted=trusted,
         )
         self._gaps = recovered.gaps
         self._reserved = reserved_end(recovered.gaps)
@@ -321,6 +416,133 @@ class CommitLog:
                 return
             self._checkpoint_file.store(checkpoint)
             self._checkpoint_offset = checkpoint.next_offset
+            self._durable_point = checkpoint
+
+    # -- sharing with other writer processes --------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold append.lock (and the in-process lock), caught up with the other writers.
+
+        What the block changes is published in the tail state before the lock is released.
+        """
+        with self._append_mutex:
+            self._append_lock.acquire()
+            try:
+                with self._lock:
+                    self._catch_up_locked(owner=True)
+                    yield
+                    self._publish_locked()
+            finally:
+                self._append_lock.unlock()
+
+    def _publish_locked(self) -> None:
+        active = self._segments[-1]
+        self._seen_seq += 1
+        self._tail_file.write(
+            TailState(
+                self._seen_seq,
+                current_boot(),
+                Checkpoint(active.base_offset, active.size, active.next_offset),
+                self._reserved,
+                self._durable_point,
+            )
+        )
+
+    def _catch_up_locked(self, *, owner: bool) -> bool:
+        """Take in what other writers published since; ``owner``: we hold append.lock.
+
+        The owner also cuts what a writer that died mid-batch left past the published end,
+        before it appends there. False: a reload from the files is left to the owner.
+        """
+        tail = self._tail_file.read()
+        if tail is not None and tail.seq != self._seen_seq:
+            if not self._follow_tail(tail):
+                if not owner:
+                    return False  # left to the next holder of append.lock (see refresh)
+                self._reload(tail)
+            self._seen_seq = tail.seq
+            if tail.durable.next_offset > self._checkpoint_offset:
+                self._checkpoint_offset = tail.durable.next_offset
+                self._durable_point = tail.durable
+            self._durable_offset = max(self._durable_offset, tail.durable.next_offset)
+        if owner:
+            active = self._segments[-1]
+            size = os.fstat(active.open_fd()).st_size
+            if size > active.size:
+                _warn_unpublished(active.path, size, active.size, active.next_offset)
+                os.ftruncate(active.open_fd(), active.size)
+                active.resume_index_file()
+            elif size < active.size:
+                raise CorruptLogError(
+                    active.path,
+                    size,
+                    f"the file ends at byte {size} but the writers published {active.size} bytes",
+                    offset=active.next_offset,
+                )
+            if not active.index_appending:
+                active.resume_index_file()
+        return True
+
+    def _follow_tail(self, tail: TailState) -> bool:
+        """Follow other writers' appends and rolls up to ``tail``; False: reload instead."""
+        directory = self._directory
+        end = tail.end
+        if tail.reserved != self._reserved:
+            self._gaps = read_gaps(directory)
+            self._reserved = tail.reserved
+        mtime = os.stat(directory).st_mtime_ns
+        if mtime != self._dir_mtime:
+            self._dir_mtime = mtime
+            present = set(list_bases(directory))
+            if self._segments[-1].base_offset not in present:
+                return False
+            self._forget_deleted(present)
+        active = self._segments[-1]
+        if active.base_offset > end.segment_base:
+            return False
+        if active.base_offset < end.segment_base:
+            bases = [b for b in list_bases(directory) if active.base_offset < b <= end.segment_base]
+            if not bases or bases[-1] != end.segment_base:
+                return False
+            # Another process rolled past it: it is complete (and fsynced) on disk.
+            self._follow(active, strict=True)
+            active.close()
+            active.sealed = True
+            for base in bases:
+                seg = Segment(
+                    directory,
+                    base,
+                    index_interval=self.index_interval_bytes,
+                    writable=not self.readonly,
+                )
+                seg.start_following()
+                self._segments.append(seg)
+                self._bases.append(base)
+                if base != end.segment_base:
+                    self._follow(seg, strict=True)
+                    seg.close()
+                    seg.sealed = True
+        last = self._segments[-1]
+        self._follow(last, limit=end.position, strict=True)
+        if last.size != end.position or last.next_offset != end.next_offset:
+            raise CorruptLogError(
+                last.path,
+                last.size,
+                f"the records end at byte {last.size} (next offset {last.next_offset}) but the "
+                f"writers published byte {end.position} (next offset {end.next_offset})",
+                offset=last.next_offset,
+            )
+        self._close_idle_fds()
+        return True
+
+    def _reload(self, tail: TailState) -> None:
+        """Start over from the files (another writer replaced or deleted our active segment)."""
+        for seg in self._segments:
+            seg.close()
+        self._open_sealed.clear()
+        self._discard_unpublished_files(tail)
+        self._recover(trusted=tail.end)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -337,7 +559,7 @@ class CommitLog:
         error is raised; the log stays usable.
         """
         self._require_writable()
-        with self._lock:
+        with self._exclusive():
             if not records:
                 return max(self._segments[-1].next_offset, self._reserved)
             if self._reserved > self._segments[-1].next_offset:
@@ -391,7 +613,7 @@ class CommitLog:
         Does nothing when the active segment is empty.
         """
         self._require_writable()
-        with self._lock:
+        with self._exclusive():
             self._roll_locked()
 
     def roll_if_due(self) -> bool:
@@ -401,7 +623,7 @@ class CommitLog:
         retention can still delete its data. Call it from a timer.
         """
         self._require_writable()
-        with self._lock:
+        with self._exclusive():
             active = self._segments[-1]
             if (
                 self.segment_max_age is None
@@ -428,6 +650,13 @@ class CommitLog:
             old.seal()
         # Reads reopen it read-only on demand (and an LRU bounds how many stay open).
         old.close_log_fd()
+        orphan = log_path_for(self._directory, base)
+        if orphan.exists():
+            # Created by a writer that died before it published the roll (we hold append.lock
+            # and the tail names an older segment): it holds nothing acknowledged.
+            logger.warning("%s: removing a segment a dead writer never published", orphan)
+            orphan.unlink()
+            index_path_for(self._directory, base).unlink(missing_ok=True)
         new = Segment.create(self._directory, base, index_interval=self.index_interval_bytes)
         fsync_dir(self._directory)
         self._segments.append(new)
@@ -450,7 +679,7 @@ class CommitLog:
         past the end (nothing to skip).
         """
         self._require_writable()
-        with self._lock:
+        with self._exclusive():
             end = max(self._segments[-1].next_offset, self._reserved)
             if offset <= end:
                 return None
@@ -475,19 +704,48 @@ class CommitLog:
             active = self._segments[-1]
             if active.next_offset <= self._durable_offset:
                 return self._durable_offset
-            assert active.fd is not None
-            fd = os.dup(active.fd)
+            fd = os.dup(active.open_fd())
             snapshot = Checkpoint(active.base_offset, active.size, active.next_offset)
         try:
-            os.fdatasync(fd)
+            shared = self._tail_file.read()
+            # Another writer's fsync may have covered these bytes already (one file, one
+            # page cache): then there is nothing left to wait for.
+            if shared is None or shared.durable.next_offset < snapshot.next_offset:
+                os.fdatasync(fd)
+                self._note_durable(snapshot)
         finally:
             os.close(fd)
         with self._lock:
             self._durable_offset = max(self._durable_offset, snapshot.next_offset)
-        # After every fsync, so that the checkpoint names exactly what is durable: recovery
-        # treats damage before it as lost acknowledged data, never as a torn tail.
-        self._store_checkpoint(snapshot)
         return snapshot.next_offset
+
+    def _note_durable(self, snapshot: Checkpoint) -> None:
+        """Publish a durable point (checkpoint and tail) after an fsync, if it moves forward.
+
+        After every fsync, so that the checkpoint names exactly what is durable: recovery
+        treats damage before it as lost acknowledged data, never as a torn tail.
+        """
+        with self._append_mutex:
+            self._append_lock.acquire()
+            try:
+                tail = self._tail_file.read()
+                if tail is not None:
+                    if tail.durable.next_offset >= snapshot.next_offset:
+                        return
+                    with self._checkpoint_lock:
+                        self._checkpoint_offset = max(
+                            self._checkpoint_offset, tail.durable.next_offset
+                        )
+                self._store_checkpoint(snapshot)
+                if tail is not None:
+                    self._tail_file.write(
+                        TailState(tail.seq + 1, tail.boot, tail.end, tail.reserved, snapshot)
+                    )
+                    with self._lock:
+                        if self._seen_seq == tail.seq:
+                            self._seen_seq = tail.seq + 1
+            finally:
+                self._append_lock.unlock()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -505,6 +763,10 @@ class CommitLog:
         read that starts at it raises :class:`CorruptLogError` naming file, byte and offset.
         """
         self._require_open()
+        with self._lock:  # a writer's append (or catch-up) may run in another thread
+            return self._read_locked(offset, max_records, max_bytes)
+
+    def _read_locked(self, offset: int, max_records: int, max_bytes: int) -> list[Record]:
         segments = self._segments
         end = segments[-1].next_offset if segments else 0
         if end <= offset <= max(end, self._reserved):
@@ -560,14 +822,20 @@ class CommitLog:
             coldest.close_log_fd()
 
     def refresh(self) -> None:
-        """Readers: pick up what the writer appended, rolled or deleted since the last call.
+        """Pick up what other processes appended, rolled or deleted since the last call.
 
-        Cheap when nothing changed (an ``fstat`` and a ``stat``). Never exposes a partial
-        record: a record is visible once all of its bytes are there and its checksum matches.
-        Damage the writer has fsynced past stops the reader there, in :attr:`damage`.
+        Cheap when nothing changed (a read of the tail state; for readers an ``fstat`` and
+        a ``stat``). Never exposes a partial record: a record is visible once its batch is
+        published in the tail state, all of its bytes are there and its checksum matches.
+        Damage the writer has fsynced past stops a reader there, in :attr:`damage`.
         """
         self._require_open()
         if not self.readonly:
+            with self._lock:
+                caught_up = self._catch_up_locked(owner=False)
+            if not caught_up:
+                with self._exclusive():
+                    pass  # the holder of append.lock reloads from the files
             return
         directory = self._directory
         try:
@@ -592,9 +860,13 @@ class CommitLog:
             with contextlib.suppress(CorruptLogError):  # a bad file is the writer's to report
                 self._gaps = read_gaps(directory)
                 self._reserved = reserved_end(self._gaps)
+        tail = read_tail(directory)
         while self.damage is None:
             last = self._segments[-1]
-            grew = self._follow(last)
+            limit = None
+            if tail is not None and tail.fresh and tail.end.segment_base == last.base_offset:
+                limit = tail.end.position  # bytes past it are a batch not yet published
+            grew = self._follow(last, limit=limit)
             following = self._successor(last)
             if following is not None:
                 # The writer rolled: the old segment is complete now. Take its last bytes.
@@ -628,13 +900,20 @@ class CommitLog:
                 return base
         return None
 
-    def _follow(self, seg: Segment) -> bool:
-        """Parse the complete records appended to ``seg`` since the last look."""
+    def _follow(self, seg: Segment, *, limit: int | None = None, strict: bool = False) -> bool:
+        """Parse the complete records appended to ``seg`` since the last look (up to ``limit``).
+
+        ``strict``: the records were published as complete; a bad one is damage.
+        """
         try:
             fd = seg.open_fd()
         except NotFoundError:
+            if strict:
+                raise
             return False
         size = os.fstat(fd).st_size
+        if limit is not None:
+            size = min(size, limit)
         if size <= seg.size:
             return False
         entries: array[int] = array("I")
@@ -656,6 +935,10 @@ class CommitLog:
                 seg.size = end
                 seg.next_offset = rec.offset + 1
         except RecordError as exc:
+            if strict:
+                raise CorruptLogError(
+                    seg.path, exc.position, exc.reason, offset=seg.next_offset
+                ) from None
             # Usually a write in progress: look again next time. Unless the writer says it
             # fsynced past it: then it is damage. (The checkpoint first, the size after it:
             # the writer moves the checkpoint only over bytes already in the file.)
@@ -701,7 +984,7 @@ class CommitLog:
         """
         self._require_writable()
         deleted: list[SegmentInfo] = []
-        with self._lock:
+        with self._exclusive():
             while len(self._segments) > 1 and self._segments[0].next_offset <= offset:
                 deleted.append(self._delete_first_locked())
         if deleted:
@@ -716,7 +999,7 @@ class CommitLog:
         :class:`BrokerStateError` if it is not the oldest or is the active one.
         """
         self._require_writable()
-        with self._lock:
+        with self._exclusive():
             if base_offset not in self._bases:
                 raise NotFoundError(f"no segment with base offset {base_offset}")
             if len(self._segments) == 1 or self._segments[-1].base_offset == base_offset:
@@ -737,6 +1020,17 @@ class CommitLog:
         info = _info(seg)
         seg.delete()
         return info
+
+
+def _warn_unpublished(path: Path, size: int, end: int, next_offset: int) -> None:
+    logger.warning(
+        "%s: dropping %d bytes past the published end (byte %d, offset %d), written by a "
+        "writer that died mid-batch (never acknowledged)",
+        path,
+        size - end,
+        end,
+        next_offset,
+    )
 
 
 def _info(seg: Segment) -> SegmentInfo:

@@ -120,11 +120,14 @@ class OffsetIndex:
         self.relative_offsets.append(relative_offset)
         self.positions.append(position)
 
-    def extend(self, entries: array[int]) -> None:
-        """Append interleaved ``rel, pos, rel, pos, ...`` entries in memory (and file if open)."""
+    def extend(self, entries: array[int], *, to_file: bool = True) -> None:
+        """Append interleaved ``rel, pos, rel, pos, ...`` entries in memory (and file if open).
+
+        ``to_file=False``: in memory only (entries another process already wrote).
+        """
         self.relative_offsets.extend(entries[0::2])
         self.positions.extend(entries[1::2])
-        if self._fd is not None:
+        if to_file and self._fd is not None:
             _write_all(self._fd, _to_disk(entries))
 
     def truncate(self, count: int) -> None:
@@ -159,6 +162,11 @@ class OffsetIndex:
         """
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    @property
+    def appending(self) -> bool:
+        """Whether :meth:`open_for_append` was called (and :meth:`close` not since)."""
+        return self._fd is not None
 
     def sync(self) -> None:
         """fsync the file if it is open for appending."""

@@ -69,15 +69,23 @@ def list_bases(directory: Path) -> list[int]:
         return sorted(b for b in (parse_base_offset(e.name) for e in entries) if b is not None)
 
 
-def recover(directory: Path, *, writable: bool, index_interval: int) -> Recovered:
+def recover(
+    directory: Path,
+    *,
+    writable: bool,
+    index_interval: int,
+    trusted: Checkpoint | None = None,
+) -> Recovered:
     """Check a log directory and prepare its segments (the last one not yet made active).
 
     A writer (``writable``) cuts a torn tail and raises :class:`CorruptLogError` for damage;
-    a reader changes nothing and reports damage in :attr:`Recovered.damage`.
+    a reader changes nothing and reports damage in :attr:`Recovered.damage`. ``trusted``
+    replaces the checkpoint: everything before it is taken as it is (a writer joining others
+    passes the published tail state, so only what follows it is scanned).
     """
     # The checkpoint before the listing: a live writer only moves it forward, to segments
     # that exist by then.
-    checkpoint = read_checkpoint(directory)
+    checkpoint = trusted if trusted is not None else read_checkpoint(directory)
     gaps = read_gaps(directory)
     bases = list_bases(directory)
     if writable:

@@ -47,6 +47,7 @@ from localbroker.log.gaps import (
 from localbroker.log.record import RecordError, find_record, iter_records
 from localbroker.log.recovery import list_bases
 from localbroker.log.segment import index_path_for, log_path_for
+from localbroker.log.sharing import TAIL_FILE
 
 __all__ = ["RepairReport", "repair"]
 
@@ -78,6 +79,9 @@ def repair(directory: Path | str) -> RepairReport:
     except filelock.Timeout:
         raise LogLockedError(directory) from None
     try:
+        # The published tail names the files as they were; repair rewrites them, so the next
+        # opener must run the full recovery instead of trusting it.
+        (directory / TAIL_FILE).unlink(missing_ok=True)
         return _repair(directory)
     finally:
         lock.release()

@@ -258,9 +258,37 @@ class Segment:
                 index.open_for_append()
 
     def note_scanned(self, entries: array[int], next_index_pos: int) -> None:
-        """Add index entries found while scanning newly visible records (readers)."""
-        self.index.extend(entries)
+        """Add index entries found while scanning records another process appended.
+
+        In memory only: the process that appended them wrote them to the file.
+        """
+        self.index.extend(entries, to_file=False)
         self._next_index_pos = next_index_pos
+
+    def start_following(self) -> None:
+        """A segment another process created: start with an empty in-memory index.
+
+        Its index file belongs to the process appending to it; it is never rewritten here.
+        """
+        if self._index is not None:
+            self._index.close()
+        self._index = OffsetIndex(self.index_path)
+        self._next_index_pos = self.index_interval
+
+    def resume_index_file(self) -> None:
+        """Before this process appends: cut the index file to the in-memory entries, open it.
+
+        Entries past them were written by a process that died before it published its batch.
+        """
+        index = self.index
+        index.close()
+        index.truncate_file(len(index))
+        index.open_for_append()
+
+    @property
+    def index_appending(self) -> bool:
+        """Whether this process's appends also go to the index file."""
+        return self._index is not None and self._index.appending
 
     @property
     def next_index_pos(self) -> int:

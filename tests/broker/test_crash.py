@@ -54,24 +54,35 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [0.7, 1.3])
-def test_sigkill_mid_publish_loses_no_confirmed_event(tmp_path: Path, kill_after: float) -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+@pytest.mark.parametrize(("kill_after", "writers"), [(0.7, 1), (1.3, 1), (1.0, 3)])
+def test_sigkill_mid_publish_loses_no_confirmed_event(
+    tmp_path: Path, kill_after: float, writers: int
+) -> None:
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(writers)
+    ]
     deadline = time.monotonic() + 20
-    # Wait for the child to be publishing, then kill it without warning.
-    assert child.stdout is not None
-    first = child.stdout.readline()
-    assert first, child.stderr.read().decode() if child.stderr else "child died"
+    # Wait for the children to be publishing, then kill them without warning.
+    firsts = []
+    for child in children:
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first, child.stderr.read().decode() if child.stderr else "child died"
+        firsts.append(first)
     time.sleep(kill_after)
-    os.kill(child.pid, signal.SIGKILL)
-    rest, _ = child.communicate(timeout=max(1, deadline - time.monotonic()))
-    confirmed = [line.split() for line in (first + rest).decode().splitlines() if line.strip()]
-    assert len(confirmed) > 100, "the child published too little to test anything"
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+    confirmed = []
+    for child, first in zip(children, firsts, strict=True):
+        rest, _ = child.communicate(timeout=max(1, deadline - time.monotonic()))
+        confirmed += [line.split() for line in (first + rest).decode().splitlines() if line]
+    assert len(confirmed) > 100 * writers, "the children published too little to test anything"
 
     with CommitLog(tmp_path / "log") as log:
         stored: list[tuple[int, str]] = []

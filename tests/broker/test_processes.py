@@ -1,248 +1,160 @@
-"""A broker among the processes on its directory: registry, leases, failover, per-process queues.
-
-Other processes here are real children that take leases in state.db (``tests.state.lease_child``)
-and are SIGKILLed; the broker's own queues move to it, and back, under their leases.
-"""
+"""Several broker processes on one data directory: real processes, some SIGKILLed."""
 
 from __future__ import annotations
 
-import asyncio
-import os
+import random
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import IO
 
-from localbroker import Broker, GenericEvent
-from localbroker.state.store import StateStore
+import orjson
+import pytest
+
+from localbroker import Broker
+from localbroker.log import CommitLog, verify
 from tests.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).parents[2]
+
+pytestmark = pytest.mark.slow
 
 
-def holder(data: Path, lease: str) -> subprocess.Popen[bytes]:
-    """Another process holding ``lease`` (for 30 s, renewed) until killed."""
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.state.lease_child",
-            "hold",
-            str(data / "state.db"),
-            lease,
-            "30",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline().decode()
-    assert line.startswith("held"), child.stderr.read().decode() if child.stderr else line
-    return child
+class Child:
+    """A ``tests.broker.process_child`` process; its output goes to a file."""
+
+    def __init__(self, tmp: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.out = tmp / f"{name}.out"
+        self._file: IO[bytes] = self.out.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.broker.process_child", *args],
+            cwd=ROOT,
+            stdout=self._file,
+        )
+
+    def lines(self) -> list[list[str]]:
+        """Complete lines (a line cut by SIGKILL has no newline: it does not count)."""
+        return [line.split() for line in self.out.read_bytes().decode().split("\n")[:-1]]
+
+    def finish(self, timeout: float = 180.0) -> int:
+        code = self.process.wait(timeout)
+        self._file.close()
+        return code
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.finish()
 
 
-def leases(data: Path) -> dict[str, tuple[str | None, int]]:
-    with sqlite3.connect(data / "state.db") as db:
-        rows = db.execute("SELECT name, holder, epoch FROM leases").fetchall()
-    return {name: (who, epoch) for name, who, epoch in rows}
+def publisher(tmp: Path, name: str, count: int) -> Child:
+    return Child(tmp, name, "publish", str(tmp / "data"), name, str(count))
 
 
-async def test_health_shows_this_process_and_the_leases_it_holds(tmp_path: Path) -> None:
-    broker = Broker(tmp_path, lease_timeout=1.0)
+def check_acknowledged(data: Path, acks: list[list[str]]) -> int:
+    """Dense offsets; every acknowledged event exactly once, at its offset; verify clean."""
+    assert verify(data / "log").ok
+    with CommitLog(data / "log", readonly=True) as log:
+        records = []
+        offset = 0
+        while batch := log.read(offset, 10_000):
+            records.extend(batch)
+            offset = batch[-1].offset + 1
+        end = log.next_offset
+    assert [r.offset for r in records] == list(range(end)), "offsets are not dense"
+    where: dict[str, list[int]] = {}
+    for record in records:
+        where.setdefault(orjson.loads(record.payload)["id"], []).append(record.offset)
+    for _name, event_id, offset in acks:
+        assert where.get(event_id) == [int(offset)], f"acknowledged {event_id} at {offset}"
+    return end
 
-    @broker.subscriber("note.added", name="email")
-    async def email(event: GenericEvent) -> None:
-        pass
 
-    async with broker:
-        [me] = broker.health().processes
-        assert (me.pid, me.host) == (os.getpid(), os.uname().nodename)
-        assert set(me.roles) == {"indexer", "requests", "retention", "subscriber:email"}
-        assert me.started <= me.heartbeat <= time.time()
-        first_beat = me.heartbeat
+async def test_four_processes_publish_2000_events_each(tmp_path: Path) -> None:
+    children = [publisher(tmp_path, f"p{i}", 2000) for i in range(4)]
+    assert [c.finish() for c in children] == [0, 0, 0, 0]
+    acks = [line for c in children for line in c.lines()]
+    assert len(acks) == 8000
+    assert check_acknowledged(tmp_path / "data", acks) == 8000
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+async def test_publishers_sigkilled_at_random_moments_lose_nothing_acknowledged(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    live = [publisher(tmp_path, f"p{i}", 10**9) for i in range(4)]
+    done: list[Child] = []
+    for round_ in range(5):
+        victim = rng.choice(live)
+        goal = len(victim.lines()) + rng.randint(1, 400)
         await wait_until(
-            lambda: broker.health().processes[0].heartbeat > first_beat, what="a heartbeat"
+            lambda v=victim, g=goal: len(v.lines()) >= g or v.process.poll() is not None,
+            timeout=60,
+            what=f"{victim.name} to publish",
         )
-        held = {name: who for name, (who, _) in leases(tmp_path).items()}
-        # The offsets check at start is released as soon as it is done.
-        assert held == {**dict.fromkeys(me.roles, me.id), "offsets-check": None}
-    # Closed: unregistered, every lease free, the liveness lock gone.
-    store = await StateStore.open(tmp_path / "state.db")
+        victim.kill()
+        live.remove(victim)
+        done.append(victim)
+        live.append(publisher(tmp_path, f"r{round_}", 10**9))
+    for child in live:
+        goal = len(child.lines()) + 10
+        await wait_until(lambda c=child, g=goal: len(c.lines()) >= g, timeout=60, what=child.name)
+        child.kill()
+        done.append(child)
+    acks = [line for c in done for line in c.lines()]
+    assert len(acks) > 100
+    end = check_acknowledged(tmp_path / "data", acks)
+    assert end >= len(acks)
+    # The directory is fine for the next broker: it recovers alone and publishes.
+    async with Broker(tmp_path / "data") as broker:
+        assert (await broker.publish("x.after", {})).offset == end
+
+
+async def test_handler_in_another_process_runs_for_an_event_published_here(
+    tmp_path: Path,
+) -> None:
+    handler = Child(tmp_path, "handler", "handle", str(tmp_path / "data"))
     try:
-        assert await store._all("read", "SELECT * FROM processes") == []
+        await wait_until(lambda: ["ready"] in handler.lines(), timeout=60, what="handler ready")
+        async with Broker(tmp_path / "data") as broker:
+            result = await broker.publish("x.hello", {"n": 1})
+            await wait_until(
+                lambda: any(line[:2] == ["handled", result.id] for line in handler.lines()),
+                what="the other process to handle the event",
+            )
     finally:
-        await store.close()
-    assert {who for who, _ in leases(tmp_path).values()} == {None}
-    assert list((tmp_path / "processes").iterdir()) == []
+        handler.kill()
 
 
-async def test_a_queue_another_process_holds_moves_here_when_it_is_sigkilled(
-    tmp_path: Path,
-) -> None:
-    other = holder(tmp_path, "subscriber:email")
-    handled: list[int] = []
-    broker = Broker(tmp_path, ack_timeout=30.0, start_from="earliest")
-
-    @broker.subscriber("note.added", name="email")
-    async def email(event: GenericEvent) -> None:
-        handled.append(event.payload()["n"])
-
+async def test_subscriber_moves_when_its_process_is_sigkilled(tmp_path: Path) -> None:
+    first = Child(tmp_path, "h1", "handle", str(tmp_path / "data"))
+    second = Child(tmp_path, "h2", "handle", str(tmp_path / "data"))
+    children = {str(first.process.pid): first, str(second.process.pid): second}
     try:
-        async with broker:
-            for n in range(10):
-                await broker.publish("note.added", {"n": n})
-            # The other process has the queue: this one runs the singletons only.
-            [mine] = [p for p in broker.health().processes if p.pid == os.getpid()]
-            assert "subscriber:email" not in mine.roles
-            assert "indexer" in mine.roles
-            assert broker.runtime("email") is None
-            os.kill(other.pid, signal.SIGKILL)
-            other.communicate(timeout=30)
-            killed = time.monotonic()
-            # Its liveness lock is free at once: taken over at the next round (1 s), not
-            # when its 30 s lease would have expired.
-            await wait_until(lambda: len(handled) == 10, what="the queue to move here")
-            assert time.monotonic() - killed < 10
-            assert handled == list(range(10))
-            assert leases(tmp_path)["subscriber:email"][1] == 2  # a new epoch
+        for child in (first, second):
+            await wait_until(lambda c=child: ["ready"] in c.lines(), timeout=60, what="ready")
+
+        def handled_by(event_id: str) -> set[str]:
+            return {
+                line[2]
+                for child in (first, second)
+                for line in child.lines()
+                if line[:2] == ["handled", event_id]
+            }
+
+        async with Broker(tmp_path / "data") as broker:
+            one = await broker.publish("x.one", {})
+            await wait_until(lambda: handled_by(one.id), what="the first event handled")
+            [holder] = handled_by(one.id)
+            children[holder].kill()
+            other = next(pid for pid in children if pid != holder)
+            two = await broker.publish("x.two", {})
+            await wait_until(
+                lambda: other in handled_by(two.id), what="the other process to take over"
+            )
     finally:
-        if other.poll() is None:
-            other.kill()
-            other.communicate(timeout=30)
-
-
-async def test_operator_requests_wait_for_the_process_holding_the_executor(
-    tmp_path: Path,
-) -> None:
-    """The DLQ retry a CLI queues is carried out once, by the holder of 'requests'."""
-    other = holder(tmp_path, "requests")
-    tries: list[int] = []
-    broker = Broker(tmp_path, ack_timeout=30.0, max_tries=1, control_poll_interval=0.05)
-
-    @broker.subscriber("note.added", name="email")
-    async def email(event: GenericEvent) -> None:
-        tries.append(event.payload()["n"])
-        if len(tries) == 1:
-            raise ValueError("first try fails")
-
-    try:
-        async with broker:
-            await broker.publish("note.added", {"n": 1})
-            await wait_until(lambda: broker.store.dlq_counts(), what="the DLQ entry")
-            [entry] = await broker.dlq.list()
-            request = await broker.store.add_request("dlq.retry", {"id": entry.id})
-            assert (await broker.store.request_result(request))[0] == "pending"
-            os.kill(other.pid, signal.SIGKILL)
-            other.communicate(timeout=30)
-
-            async def done() -> bool:
-                return (await broker.store.request_result(request))[0] == "done"
-
-            await wait_until(done, what="this process to take the executor over")
-            await wait_until(lambda: len(tries) == 2, what="the retried delivery")
-            await broker.wait_idle()
-        assert tries == [1, 1]
-    finally:
-        if other.poll() is None:
-            other.kill()
-            other.communicate(timeout=30)
-
-
-def steal(path: Path) -> list[tuple[int, float]]:
-    """Take lease 'subscriber:email' as another process would; the queue's row as it was."""
-    with sqlite3.connect(path, timeout=30) as db:
-        db.execute(
-            "UPDATE leases SET holder = 'elsewhere', epoch = epoch + 1, expires = ?"
-            " WHERE name = 'subscriber:email'",
-            (time.time() + 60,),
-        )
-        return db.execute("SELECT committed, updated FROM subscribers").fetchall()
-
-
-async def test_a_queue_whose_lease_was_taken_stops_and_saves_nothing_more(
-    tmp_path: Path,
-) -> None:
-    """Another process took the lease (as after this one stalled): fenced from then on."""
-    handled: list[int] = []
-    broker = Broker(tmp_path, lease_timeout=1.0, start_from="earliest")
-
-    @broker.subscriber("note.added", name="email")
-    async def email(event: GenericEvent) -> None:
-        handled.append(event.payload()["n"])
-
-    async with broker:
-        await broker.publish("note.added", {"n": 0})
-        await broker.wait_idle()
-        before = await asyncio.to_thread(steal, tmp_path / "state.db")
-        await wait_until(lambda: broker.runtime("email") is None, what="the queue to stop")
-        await broker.publish("note.added", {"n": 1})
-    # The event after the takeover was not handled here; the row was left to the new holder.
-    assert handled == [0]
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        assert db.execute("SELECT committed, updated FROM subscribers").fetchall() == before
-
-
-async def test_a_holder_that_cannot_renew_stops_before_its_lease_expires(tmp_path: Path) -> None:
-    """state.db locked by another writer: renewals wait; the queue stops at 80% of the lease."""
-    broker = Broker(tmp_path, lease_timeout=1.0)
-
-    @broker.subscriber("note.added", name="email")
-    async def email(event: GenericEvent) -> None:
-        pass
-
-    async with broker:
-        # Another writer holds SQLite's write lock (from a thread: the event loop must run on,
-        # or the broker's own transactions could not finish and let it take the lock).
-        locker = sqlite3.connect(
-            tmp_path / "state.db", isolation_level=None, check_same_thread=False, timeout=30
-        )
-        try:
-            await asyncio.to_thread(locker.execute, "BEGIN IMMEDIATE")
-            expires = locker.execute(
-                "SELECT expires FROM leases WHERE name = 'subscriber:email'"
-            ).fetchone()[0]
-            await wait_until(lambda: broker.runtime("email") is None, what="the queue to stop")
-            assert time.time() < expires, "stopped only after others could take the lease"
-        finally:
-            locker.execute("ROLLBACK")
-            locker.close()
-        # Free again: taken back at a later round.
-        await wait_until(lambda: broker.runtime("email") is not None, what="the queue back")
-
-
-async def test_per_process_subscriber_keeps_its_position_under_the_process_name(
-    tmp_path: Path,
-) -> None:
-    seen: list[int] = []
-
-    def make(**options: object) -> Broker:
-        broker = Broker(tmp_path, **options)
-
-        @broker.subscriber("cache.invalidate", name="cache", per_process=True)
-        async def invalidate(event: GenericEvent) -> None:
-            seen.append(event.payload()["n"])
-
-        return broker
-
-    broker = make(process_name="web-1")
-    async with broker:
-        await broker.publish("cache.invalidate", {"n": 1})
-        await broker.wait_idle()
-        assert set(broker.health().subscribers) == {"cache@web-1"}
-    async with make(process_name="web-1") as again:  # resumes: sees only what is new
-        await again.publish("cache.invalidate", {"n": 2})
-        await again.wait_idle()
-    assert seen == [1, 2]
-    anonymous = make()
-    async with anonymous:
-        [name] = anonymous.health().subscribers
-        assert name == f"cache@{anonymous.health().processes[0].id}"
-        await anonymous.publish("cache.invalidate", {"n": 3})
-        await anonymous.wait_idle()
-    assert seen == [1, 2, 3]
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        names = [r[0] for r in db.execute("SELECT name FROM subscribers")]
-    assert names == ["cache@web-1"]  # the unnamed start's position went with it
+        for child in (first, second):
+            if child.process.poll() is None:
+                child.kill()

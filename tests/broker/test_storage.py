@@ -12,18 +12,26 @@ import pytest
 from localbroker import Broker, ConfigurationError, CorruptLogError, LogLockedError
 from localbroker.config import load_config
 from localbroker.log import CommitLog
+from localbroker.log.repair import repair
 from tests.broker.damage import reader
 from tests.broker.events import Note
 from tests.waiting import wait_until
 
 
-async def test_second_broker_on_a_directory_gets_a_clear_error(tmp_path: Path) -> None:
-    async with Broker(tmp_path) as first:
-        await first.publish(Note(n=1))
+async def test_second_broker_on_a_directory_publishes_too(tmp_path: Path) -> None:
+    async with Broker(tmp_path) as first, Broker(tmp_path) as second:
+        assert (await first.publish(Note(n=1))).offset == 0
+        assert (await second.publish(Note(n=2))).offset == 1
+        assert (await first.publish(Note(n=3))).offset == 2
+        await wait_until(lambda: second.visible_offset == 3, what="the other's append")
+        assert [r.offset for r in second.read_log(0, 10)] == [0, 1, 2]
+
+
+async def test_repair_is_refused_while_a_broker_has_the_directory(tmp_path: Path) -> None:
+    async with Broker(tmp_path) as broker:
+        await broker.publish(Note(n=1))
         with pytest.raises(LogLockedError, match="already open for writing by another process"):
-            await Broker(tmp_path).start()
-        await first.publish(Note(n=2))  # the first one is unaffected
-        assert first.log.next_offset == 2
+            repair(tmp_path / "log")
 
 
 async def test_corrupt_durable_record_fails_the_start_naming_segment_and_position(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from localbroker.log import CommitLog
 
 TS = 1_700_000_000_000
@@ -34,3 +36,13 @@ def crash(log: CommitLog) -> None:
     """Drop a log's descriptors and lock like a killed process would: no sync, no checkpoint."""
     log._release()
     log._is_open = False
+
+
+def power_cut(log_dir: Path) -> None:
+    """What a reboot leaves of the shared tail state: nothing to trust (it is never fsynced).
+
+    Bytes written past the published end by hand then stand for records that reached the
+    disk before the power went, which recovery checks from the checkpoint on, as it always
+    did. (With a tail from this boot, they would be a dead writer's unpublished batch: cut.)
+    """
+    (log_dir / "tail").unlink(missing_ok=True)

@@ -16,7 +16,7 @@ from localbroker.errors import (
     LogLockedError,
     NotFoundError,
 )
-from localbroker.log import CommitLog, Record, encode_record, read_checkpoint
+from localbroker.log import CommitLog, Record, encode_record, read_checkpoint, verify
 from tests.log.helpers import TS, batch, payload, read_all
 
 OpenLog = Callable[..., CommitLog]
@@ -193,11 +193,42 @@ def test_delete_segment(open_log: OpenLog) -> None:
     assert log.start_offset == 4
 
 
-def test_second_writer_is_refused(open_log: OpenLog, log_dir: Path) -> None:
+def test_exclusive_opener_is_refused_while_a_writer_has_the_log(
+    open_log: OpenLog, log_dir: Path
+) -> None:
     open_log()
     with pytest.raises(LogLockedError) as info:
-        CommitLog(log_dir).open()
+        CommitLog(log_dir, exclusive=True).open()
     assert info.value.directory == log_dir
+
+
+def test_writer_is_refused_while_an_exclusive_opener_has_the_log(
+    open_log: OpenLog, log_dir: Path
+) -> None:
+    open_log(exclusive=True)
+    with pytest.raises(LogLockedError):
+        CommitLog(log_dir).open()
+
+
+def test_two_writers_append_dense_offsets(open_log: OpenLog, log_dir: Path) -> None:
+    # flock belongs to the open file, so two logs in one process share like two processes.
+    a = open_log(segment_bytes=300)
+    b = open_log(segment_bytes=300)
+    assert a.opened_alone
+    assert not b.opened_alone
+    firsts = []
+    for i in range(20):
+        writer = a if i % 3 else b
+        firsts.append(writer.append(batch(i * 2, 2)))
+        writer.sync()
+    assert firsts == list(range(0, 40, 2))
+    for log in (a, b):
+        log.refresh()
+        assert [r.offset for r in log.read(0, 100)] == list(range(40))
+    assert len(a.segments()) > 1
+    a.close()
+    b.close()
+    assert verify(log_dir).ok
 
 
 def test_lock_is_released_on_close(log_dir: Path) -> None:
@@ -254,6 +285,9 @@ def test_reader_never_sees_a_partial_record(open_log: OpenLog, log_dir: Path) ->
     assert [r.offset for r in reader.read(0)] == [0, 1]
     with open(segment, "ab") as f:
         f.write(frame[30:])
+    reader.refresh()
+    assert reader.next_offset == 2  # complete, but its batch was never published
+    writer.append(batch(2, 1))  # cuts the unpublished bytes, then appends and publishes
     reader.refresh()
     assert reader.next_offset == 3
     assert reader.read(2) == [Record(2, TS + 2, payload(2))]
@@ -429,7 +463,7 @@ def test_failed_write_leaves_the_log_as_it_was(
     assert [r.offset for r in log.read(0)] == [0, 1, 2, 3, 4]
 
 
-def test_writer_lock_holds_across_processes(open_log: OpenLog, log_dir: Path) -> None:
+def test_exclusive_open_is_refused_across_processes(open_log: OpenLog, log_dir: Path) -> None:
     import subprocess
     import sys
 
@@ -439,7 +473,7 @@ def test_writer_lock_holds_across_processes(open_log: OpenLog, log_dir: Path) ->
         "from localbroker.errors import LogLockedError\n"
         "from localbroker.log import CommitLog\n"
         "try:\n"
-        "    CommitLog(sys.argv[1]).open()\n"
+        "    CommitLog(sys.argv[1], exclusive=True).open()\n"
         "except LogLockedError:\n"
         "    sys.exit(3)\n"
     )

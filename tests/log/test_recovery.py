@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from localbroker.errors import CorruptLogError
 from localbroker.log import CommitLog, Record, encode_record, read_checkpoint
 from localbroker.log.commit_log import CHECKPOINT_FILE
-from tests.log.helpers import TS, batch, crash, payload, read_all
+from tests.log.helpers import TS, batch, crash, payload, power_cut, read_all
 
 OpenLog = Callable[..., CommitLog]
 SEGMENT_0 = "00000000000000000000.log"
@@ -120,6 +120,7 @@ def test_torn_tail_after_checkpoint_is_truncated_with_a_warning(
         f.write(encode_record(5, TS, b"ok"))
         f.write(encode_record(6, TS, b"torn")[:-2])
     garbage = len(encode_record(6, TS, b"torn")) - 2
+    power_cut(log_dir)
     with caplog.at_level(logging.WARNING, logger="localbroker.log"):
         log = open_log()
     assert log.next_offset == 6
@@ -127,6 +128,25 @@ def test_torn_tail_after_checkpoint_is_truncated_with_a_warning(
     [message] = [r.getMessage() for r in caplog.records if r.name == "localbroker.log"]
     assert f"dropped {garbage} bytes" in message
     assert SEGMENT_0 in message
+
+
+def test_unpublished_batch_of_a_dead_writer_is_cut(
+    open_log: OpenLog, log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = open_log()
+    log.append(batch(0, 5))
+    log.close()
+    segment = log_dir / SEGMENT_0
+    size = os.path.getsize(segment)
+    # A writer killed after writing a whole record of its batch, before publishing it.
+    with open(segment, "ab") as f:
+        f.write(encode_record(5, TS, b"ok"))
+        f.write(encode_record(6, TS, b"torn")[:-2])
+    with caplog.at_level(logging.WARNING, logger="localbroker.log"):
+        log = open_log()
+    assert log.next_offset == 5  # never published, so never acknowledged: not resurrected
+    assert os.path.getsize(segment) == size
+    assert any("past the published end" in r.getMessage() for r in caplog.records)
 
 
 def _crash_with_stale_checkpoint(open_log: OpenLog, log_dir: Path) -> None:
