@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,8 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from click.testing import CliRunner
+
 from localbroker import Broker, GenericEvent
+from localbroker.cli.main import cli
+from localbroker.dashboard import create_app
 from localbroker.state.store import StateStore
+from localbroker.view import BrokerView
+from tests.dashboard.conftest import client_for
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,3 +252,37 @@ async def test_per_process_subscriber_keeps_its_position_under_the_process_name(
     with sqlite3.connect(tmp_path / "state.db") as db:
         names = [r[0] for r in db.execute("SELECT name FROM subscribers")]
     assert names == ["cache@web-1"]  # the unnamed start's position went with it
+
+
+async def test_inspect_and_the_dashboard_show_the_processes_and_their_leases(
+    tmp_path: Path,
+) -> None:
+    other = holder(tmp_path, "subscriber:email")
+    broker = Broker(tmp_path)
+
+    @broker.subscriber("note.added", name="email")
+    async def email(event: GenericEvent) -> None:
+        pass
+
+    try:
+        async with broker:
+            result = await asyncio.to_thread(CliRunner().invoke, cli, ["inspect", str(tmp_path)])
+            async with client_for(create_app(tmp_path)) as client:
+                page = (await client.get("/subscribers")).text
+            view = BrokerView(tmp_path)
+            async with view:
+                health = await view.health()
+    finally:
+        other.kill()
+        other.communicate(timeout=30)
+    assert result.exit_code == 0, result.output
+    # A table that may wrap in the runner's narrow terminal: the parts are there.
+    for part in ("Processes", f"{other.pid}@", f"{os.getpid()}@", "indexer"):
+        assert part in result.output, part
+    processes = dict(re.findall(r'<tr data-process="(\d+)">(.*?)</tr>', page, re.S))
+    assert "subscriber:email" in processes[str(other.pid)]
+    assert "indexer, requests, retention" in processes[str(os.getpid())]
+    assert {p.pid: p.roles for p in health.processes} == {
+        other.pid: ("subscriber:email",),
+        os.getpid(): ("indexer", "requests", "retention"),
+    }
