@@ -149,10 +149,6 @@ class Coordinator:
         """Whether :meth:`start` ran (rounds go on in the background)."""
         return bool(self._tasks)
 
-    def holds(self, name: str) -> bool:
-        """Whether this process holds lease ``name`` (and runs its role) now."""
-        return name in self.held
-
     def add(self, role: Role) -> None:
         """Want ``role``: taken at the next round when its lease can be had."""
         self.roles[role.name] = role

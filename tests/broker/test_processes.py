@@ -180,7 +180,8 @@ def check_group(children: list[Child], published: set[str]) -> dict[str, set[str
         pids.setdefault(sub, set()).add(pid)
     for sub in ("g0", "g1", "g2", "g3"):
         seen = {event_id for s, event_id, *_ in done if s == sub}
-        assert seen == published, f"{sub}: {len(published - seen)} events never handled"
+        # A process killed while publishing may have stored an event it never acknowledged.
+        assert seen >= published, f"{sub}: {len(published - seen)} events never handled"
         for key, ns in by_sub[sub].items():
             # Per key, log order: a redelivery repeats a suffix, never goes back further.
             firsts = sorted(set(ns), key=ns.index)

@@ -118,7 +118,8 @@ async def test_a_frozen_holder_loses_its_lease_and_its_writes_are_fenced(tmp_pat
             return lease is not None
 
         await wait_until(take, timeout=20, what="the frozen holder's lease to expire")
-        assert time.monotonic() - stopped >= length * 0.9
+        # Its last renewal was at most a fifth of the lease before the freeze.
+        assert time.monotonic() - stopped >= length * 0.75
         # Silent past dead_after: its row goes, but not its lock file (it is alive, frozen).
         assert [p.pid for p in await coord.reap()] == [holder.pid]
         assert len(list((tmp_path / "processes").glob("*.lock"))) == 2
