@@ -131,6 +131,9 @@ class SubscriberConfig(BaseModel):
     """For a subscriber seen for the first time: ``earliest``, ``latest``, an offset, or a time."""
     dont_retry: tuple[type[BaseException], ...] = ()
     """Exception types that send the event straight to the DLQ (besides ``RejectEvent``)."""
+    per_process: bool = False
+    """Every process sharing the data directory handles every event, each with its own
+    position (``<name>@<process_name>``), instead of the processes sharing one queue."""
 
 
 def none_from_environment(value: Any) -> Any:
@@ -182,6 +185,18 @@ class BrokerConfig(BaseSettings):
     resolved or discarded."""
     on_missing_state: MissingState = MissingState.FAIL
     """What to do when the log holds events but ``state.db`` is missing; see :class:`MissingState`."""
+
+    lease_timeout: Annotated[float, Field(ge=0.5)] = 10.0
+    """Seconds a lease lasts unless renewed (renewed every second): the shared queues and
+    singleton roles of a process that hangs, or that runs on another host and dies, are taken
+    over after this; one that dies on the same host loses them at once (its liveness lock).
+    A process stops a role it could not renew at 80% of it, before another can take it over,
+    so a busy event loop needs a generous value."""
+    process_name: Annotated[str, Field(min_length=1, pattern=r"^[^@]+$")] | None = None
+    """Names this process among those sharing the data directory, for its per-process
+    subscribers: their positions are kept under ``<subscriber>@<process_name>`` and resumed by
+    the next process of that name. Unset: a name new at every start (its per-process
+    subscribers start at their ``start_from`` and are forgotten when it stops)."""
 
     handler_shutdown_timeout: Annotated[float, Field(ge=0)] = 5.0
     """Seconds ``close()`` waits for plain ``def`` handlers still running in their threads.

@@ -5,7 +5,8 @@ Every error derives from one root, so ``except LocalBrokerError`` catches them a
     LocalBrokerError
     ├── ConfigurationError        bad option, URL or environment value; event classes without upcasters between them
     ├── BrokerStateError          broker not started, already closed, directory in use
-    │   └── LogLockedError        the log directory is held by another process (repair, a broker)
+    │   ├── LogLockedError        the log directory is held by another process (repair, a broker)
+    │   └── LeaseLostError        this process no longer holds the lease it acted under (fencing)
     ├── CorruptLogError           a record's checksum or framing is wrong (names segment, byte, offset)
     ├── SubscriberStalledError    a subscriber cannot read on (damage in the log); from wait_idle
     ├── StateStoreError           state.db cannot be read or written, or holds a damaged row (names file, subscriber)
@@ -30,6 +31,7 @@ __all__ = [
     "BrokerStateError",
     "ConfigurationError",
     "CorruptLogError",
+    "LeaseLostError",
     "LocalBrokerError",
     "LogLockedError",
     "MissingExtraError",
@@ -78,6 +80,23 @@ class LogLockedError(BrokerStateError):
         super().__init__(
             f"log directory {self.directory} is already open for writing by another process{who}; "
             "open it read-only, or stop the other broker first"
+        )
+
+
+class LeaseLostError(BrokerStateError):
+    """A process acted under a lease (a singleton role, a subscriber's queue) it no longer holds.
+
+    Another process took the lease over (this one stopped renewing it in time, or was taken
+    for dead); the write that checked it was not made.
+    """
+
+    def __init__(self, lease: str, holder: str, epoch: int) -> None:
+        self.lease = lease
+        self.holder = holder
+        self.epoch = epoch
+        super().__init__(
+            f"process {holder} no longer holds lease {lease!r} (epoch {epoch}): another "
+            "process took it over; the change was not saved"
         )
 
 

@@ -29,6 +29,7 @@ from localbroker.errors import BrokerStateError, CorruptLogError, NotFoundError
 from localbroker.events import decode_envelope
 from localbroker.log import CommitLog, Record
 from localbroker.log.gaps import reserved_end
+from localbroker.state.coordination import read_processes
 from localbroker.state.event_index import EventIndex
 from localbroker.state.store import StateStore, SubscriberState
 from localbroker.topics import TopicPattern
@@ -208,6 +209,7 @@ class BrokerView:
                 for name, status in (await self.sync_status()).items()
                 if status.get("running") and status.get("stalled")
             },
+            await read_processes(self.store),
         )
 
     async def sync_status(self) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any, Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 from localbroker.broker.chains import Chain, build_chain
 from localbroker.broker.clock import Clock, LoopClock
 from localbroker.broker.context import current_scope
+from localbroker.broker.coordinator import Coordinator, Role
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health, Stall
@@ -26,7 +28,6 @@ from localbroker.broker.indexer import EventIndexer
 from localbroker.broker.log_tail import LogTail
 from localbroker.broker.middleware import Middleware, PublishNext, chain_publish, overrides
 from localbroker.broker.positions import handed_out
-from localbroker.broker.roles import RoleLocks
 from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
 from localbroker.broker.writer import LogWriter
@@ -59,6 +60,7 @@ from localbroker.log import CommitLog, Record
 from localbroker.log.gaps import GAPS_FILE
 from localbroker.registry import EventRegistry, Upcaster
 from localbroker.schemas import SchemaRecorder
+from localbroker.state.coordination import LOCKS_DIR, Coordination, Lease, ProcessIdentity
 from localbroker.state.event_index import EventIndex, IndexMeta
 from localbroker.state.retention import HistoryTrimmer
 from localbroker.state.store import StateStore, state_exists
@@ -139,6 +141,9 @@ class SubscribeOptions(TypedDict, total=False):
     """For a subscriber never seen before: ``"earliest"``, ``"latest"``, an offset or a time."""
     dont_retry: Iterable[type[BaseException]]
     """Exception types that send the event straight to the DLQ."""
+    per_process: bool
+    """Each process on the data directory handles every event, with a position of its own
+    (cache invalidation); by default the processes share one queue."""
 
 
 class Broker:
@@ -197,11 +202,14 @@ class Broker:
         self._index: EventIndex | None = None
         self._writer: LogWriter | None = None
         self._indexer: EventIndexer | None = None
+        self._coordinator: Coordinator | None = None
+        self._coordination_store: StateStore | None = None
+        # Tasks of the singleton roles this process holds now (see _singleton).
+        self._role_tasks: dict[str, asyncio.Task[None]] = {}
+        # The lease each shared queue runs under, checked by every save of its position.
+        self._fences: dict[str, Lease] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tail: LogTail | None = None
-        # Interim (until leases in state.db): see localbroker.broker.roles.
-        self._roles = RoleLocks(self.data_dir)
-        self._started_extensions: list[Extension] = []
         self._idle_event: asyncio.Event | None = None
         self.cold_reader: ColdReader | None = None
         """Set by an extension to serve offsets below the local log's start (see ColdReader)."""
@@ -253,6 +261,9 @@ class Broker:
         - ``start_from``: for a subscriber never seen before, ``"earliest"``, ``"latest"``,
           an offset or a datetime (default: the broker's ``start_from``).
         - ``dont_retry``: exception types that send the event straight to the DLQ.
+        - ``per_process``: every process sharing the data directory handles every event (each
+          keeps its own position, see ``process_name``); by default the processes running
+          this subscriber share its queue, each event handled by one of them.
 
         The annotation of the handler's event parameter narrows what it receives: a handler
         typed ``UserCreated`` on ``user.*`` receives ``user.created`` only (the other topics
@@ -291,6 +302,7 @@ class Broker:
                 concurrency=options.get("concurrency", 1),
                 start_from=start_from,
                 dont_retry=tuple(options.get("dont_retry", ())),
+                per_process=options.get("per_process", False),
             )
         except ValueError as exc:
             raise ConfigurationError(f"invalid options for subscriber {name!r}: {exc}") from exc
@@ -307,10 +319,8 @@ class Broker:
         subscription = Subscription(name=name, patterns=patterns, handler=spec, config=config)
         self._subscriptions[name] = subscription
         if self._started:
-            start = self._roles.run(
-                _subscriber_role(name), functools.partial(self._start_subscriber, subscription)
-            )
-            self._tasks.append(asyncio.get_running_loop().create_task(start))
+            task = asyncio.get_running_loop().create_task(self._run_subscriber(subscription))
+            self._tasks.append(task)
         return subscription
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -416,8 +426,6 @@ class Broker:
             return
         self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
-        # Here, not in __init__: the data directory is final now (TestBroker picks a new one).
-        self._roles = RoleLocks(self.data_dir)
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._owner = asyncio.current_task()
@@ -468,7 +476,9 @@ class Broker:
         self._handler_exit = None
         self._owner_cancelled = False
         self._tail = None
-        self._started_extensions = []
+        self._coordinator = self._coordination_store = None
+        self._role_tasks = {}
+        self._fences = {}
         self._io.shutdown(wait=False)  # shut down by the close already (or never used)
         self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
 
@@ -482,6 +492,16 @@ class Broker:
         await self._schemas.record(self._store)
         if cfg.index_events:
             self._index = await EventIndex.open(self.data_dir / "index.db")
+        # On a connection of its own, so that renewals never queue behind the broker's writes.
+        self._coordination_store = await StateStore.open(state_path, create=True)
+        coordination = Coordination(
+            self._coordination_store,
+            ProcessIdentity.new(),
+            lock_dir=self.data_dir / LOCKS_DIR,
+            dead_after=cfg.lease_timeout,
+        )
+        self._coordinator = coordinator = Coordinator(coordination, lease_length=cfg.lease_timeout)
+        await coordinator.register()
         if log.opened_alone:
             # Offsets can only have been lost while no process had the log open (a crash
             # of them all); a process joining live ones finds every position within the log.
@@ -495,46 +515,61 @@ class Broker:
             fsync=cfg.fsync,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             on_visible=self._on_visible,
-            on_appended=self._feed_index if self._indexer is not None else None,
+            on_appended=self._feed_indexer if self._indexer is not None else None,
         )
         self._writer.start()
-        # The parts that run in one process only: see localbroker.broker.roles. Extensions
-        # first: one may provide the cold reader that new subscribers starting from
-        # "earliest" begin with.
-        roles = self._roles
-        await roles.run("extensions", self._start_extensions)
+        # Extensions first: one may provide the cold reader that new subscribers starting
+        # from "earliest" begin with.
+        if self.extensions:
+            coordinator.add(Role("extensions", self._start_extensions, self._stop_extensions))
         if self._indexer is not None:
-            await roles.run("indexer", self._start_indexer)
+            coordinator.add(self._singleton("indexer", self._indexer.run))
         for subscription in list(self._subscriptions.values()):
-            await roles.run(
-                _subscriber_role(subscription.name),
-                functools.partial(self._start_subscriber, subscription),
-            )
-        self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
-        await roles.run("control", self._start_control)
+            await self._run_subscriber(subscription)
+        coordinator.add(self._singleton("requests", self._control_loop))
         if cfg.history_retention is not None:
-            await roles.run("history", self._start_history)
+            trimmer = HistoryTrimmer(self.store, cfg.history_retention)
+            coordinator.add(self._singleton("retention", trimmer.run))
+        await coordinator.start()
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="localbroker-flush"))
 
-    async def _start_extensions(self) -> None:
-        for extension in self.extensions:
-            # Listed first: one whose start fails half way is closed too.
-            self._started_extensions.append(extension)
-            await extension.start(self)
+    def _singleton(self, name: str, run: Callable[[], Any]) -> Role:
+        """A role that is one task, run by one process at a time."""
 
-    async def _start_indexer(self) -> None:
-        assert self._indexer is not None
-        self._tasks.append(asyncio.create_task(self._indexer.run(), name="localbroker-indexer"))
+        async def start(lease: Lease) -> None:
+            self._role_tasks[name] = asyncio.create_task(run(), name=f"localbroker-{name}")
 
-    async def _start_control(self) -> None:
-        self._tasks.append(asyncio.create_task(self._control_loop(), name="localbroker-control"))
+        async def stop(drain: bool) -> None:
+            task = self._role_tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
-    async def _start_history(self) -> None:
-        assert self.config.history_retention is not None
-        trimmer = HistoryTrimmer(self.store, self.config.history_retention)
-        self._tasks.append(asyncio.create_task(trimmer.run(), name="localbroker-history"))
+        return Role(name, start, stop)
 
-    def _feed_index(self, first_offset: int, metas: list[IndexMeta]) -> None:
-        if self._indexer is not None and self._roles.held("indexer"):
+    async def _start_extensions(self, lease: Lease) -> None:
+        started = 0
+        try:
+            for extension in self.extensions:
+                started += 1  # one that fails half-way is closed too
+                await extension.start(self)
+        except BaseException:
+            await self._close_extensions(self.extensions[:started])
+            raise
+
+    async def _stop_extensions(self, drain: bool) -> None:
+        await self._close_extensions(self.extensions)
+
+    async def _close_extensions(self, extensions: Sequence[Extension]) -> None:
+        for extension in reversed(extensions):
+            try:
+                await extension.close()
+            except Exception:
+                logger.exception("extension %r failed to close", extension)
+
+    def _feed_indexer(self, first_offset: int, metas: list[IndexMeta]) -> None:
+        # Rows kept for the indexer only where it runs; elsewhere they would pile up.
+        if self._indexer is not None and "indexer" in self._role_tasks:
             self._indexer.feed(first_offset, metas)
 
     def _missing_state(self, state_path: Path) -> StartFrom:
@@ -583,24 +618,23 @@ class Broker:
         return self._closing
 
     async def _close(self) -> None:
+        coordinator = self._coordinator
         try:
-            await self._roles.stop_trying()
-            for extension in reversed(self._started_extensions):
-                try:
-                    await extension.close()
-                except Exception:
-                    logger.exception("extension %r failed to close", extension)
-            # Handlers first (a cancelled one stays in flight and is redelivered after a
-            # restart), so that none publishes into a closed writer; then everything buffered
-            # is written.
+            if coordinator is not None:
+                # First, so that no inbound sync publishes into the closed writer.
+                await coordinator.hand_back("extensions")
+            # Handlers next (a cancelled one stays in flight and is redelivered, after a
+            # restart or by another process), so that none publishes into a closed writer;
+            # then everything buffered is written.
             timeout = self.config.handler_shutdown_timeout
             await asyncio.gather(*(r.stop(timeout) for r in self._runtimes.values()))
             if self._writer is not None:
                 await self._writer.close()
-            for task in self._tasks:
+            tasks = [*self._tasks, *self._role_tasks.values()]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._indexer is not None and self._roles.held("indexer"):
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._indexer is not None and "indexer" in self._role_tasks:
                 await self._finish_index(self._indexer)
             if self._tail is not None:
                 await self._tail.close()
@@ -624,7 +658,11 @@ class Broker:
                     raise
         finally:
             # Last: until here this process still did the roles' work.
-            self._roles.release_all()
+            if coordinator is not None:
+                try:
+                    await coordinator.close()
+                except Exception:
+                    logger.exception("could not release this process's leases")
             await self._close_files()
         logger.info("broker on %s closed at offset %d", self.data_dir, self.visible_offset)
 
@@ -682,7 +720,7 @@ class Broker:
 
     async def _close_files(self) -> None:
         """Close the state, the index and the log (and its writer lock), whatever fails."""
-        for closing in (self._store, self._index):
+        for closing in (self._store, self._coordination_store, self._index):
             if closing is not None:
                 try:
                     await closing.close()
@@ -736,25 +774,76 @@ class Broker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, functools.partial(fn, *args))
 
-    async def _start_subscriber(self, subscription: Subscription) -> None:
+    async def _run_subscriber(self, subscription: Subscription) -> None:
+        """Run ``subscription`` here: its own queue if per process, else under its lease."""
+        coordinator = self._coordinator
+        assert coordinator is not None
+        if subscription.config.per_process:
+            instance = self.config.process_name or coordinator.me
+            await self._start_subscriber(subscription, f"{subscription.name}@{instance}")
+            return
+        role = Role(
+            f"subscriber:{subscription.name}",
+            lambda lease: self._start_subscriber(subscription, subscription.name, lease),
+            lambda drain: self._stop_subscriber(subscription.name, drain=drain),
+            share=True,
+        )
+        if coordinator.running:
+            await coordinator.try_take(role)
+        else:
+            coordinator.add(role)  # taken by the coordinator's first round, in _open
+
+    async def _start_subscriber(
+        self, subscription: Subscription, queue: str, lease: Lease | None = None
+    ) -> None:
+        """Start delivering to ``subscription`` from the position stored under ``queue``."""
         store = self.store
-        state = await store.get_subscriber(subscription.name)
+        state = await store.get_subscriber(queue)
         patterns = list(subscription.patterns)
         if state is None:
             start_from = (
                 self._recreate_from or subscription.config.start_from or self.config.start_from
             )
             start = await self._start_offset(start_from)
-            state = await store.create_subscriber(subscription.name, patterns, start)
+            state = await store.create_subscriber(queue, patterns, start)
             if self._recreate_from is not None:
-                self._warn_recreated(subscription.name, start)
+                self._warn_recreated(queue, start)
         elif state.patterns != patterns:
-            await store.update_patterns(subscription.name, patterns)
+            await store.update_patterns(queue, patterns)
             state.patterns = patterns
-        restored = await store.deliveries_since(subscription.name, state.committed)
+        restored = await store.deliveries_since(queue, state.committed)
+        if queue != subscription.name:
+            subscription = dataclasses.replace(subscription, name=queue)
         runtime = SubscriberRuntime(self, subscription, state, restored, self.config)
-        self._runtimes[subscription.name] = runtime
+        if lease is not None:
+            self._fences[queue] = lease
+        self._runtimes[queue] = runtime
         runtime.start()
+
+    async def _stop_subscriber(self, queue: str, *, drain: bool) -> None:
+        """Stop the queue (its lease is lost, or handed to another process) and save it."""
+        if self._closed:
+            return  # close() stops and saves every queue itself
+        runtime = self._runtimes.get(queue)
+        if runtime is None:
+            return
+        if drain:
+            await runtime.drain(runtime.ack_timeout)
+        await runtime.stop(self.config.handler_shutdown_timeout)
+        del self._runtimes[queue]
+        fence = self._fences.pop(queue, None)
+        self._delivery_finished()
+        try:
+            # Fenced: saved only if this process still holds the lease (not after a takeover).
+            await self.store.save_subscribers(
+                [runtime.snapshot()], os.getpid(), {queue: fence} if fence else None
+            )
+        except Exception:
+            logger.exception(
+                "subscriber %s: could not save its position when it stopped here; the next "
+                "process delivers again what was finished since the last save",
+                queue,
+            )
 
     def _warn_recreated(self, name: str, start: int) -> None:
         end = self.log.next_offset
@@ -1041,7 +1130,9 @@ class Broker:
         return {e.name: e.status() for e in self.extensions if isinstance(e, StatusReporter)}
 
     def health(self) -> Health:
-        """Whether every subscriber can read on, and which offsets the log has lost.
+        """Whether every subscriber can read on, which offsets the log has lost, which processes
+        share the directory and which leases each holds (as of the last coordination round,
+        at most a second old).
 
         Example::
 
@@ -1050,6 +1141,7 @@ class Broker:
                 for sub in health.stalled:   # e.g. a damaged record in the log
                     print(sub.name, sub.position, sub.stall.cause)
         """
+        coordinator = self._coordinator
         return Health.of(
             (r.health() for r in self._runtimes.values()),
             self.log.gaps,
@@ -1058,6 +1150,7 @@ class Broker:
                 for name, status in self.sync_status().items()
                 if status.get("stalled")
             },
+            coordinator.processes if coordinator is not None else (),
         )
 
     def runtime(self, name: str) -> SubscriberRuntime | None:
@@ -1072,7 +1165,7 @@ class Broker:
 
     async def chain(self, correlation_id: str) -> Chain:
         """Every event of the chain started by ``correlation_id``, as a tree, with its deliveries."""
-        if self._indexer is not None and self._roles.held("indexer"):
+        if self._indexer is not None and "indexer" in self._role_tasks:
             await self._indexer.catch_up()
         await self._flush()  # the chain shows delivery states as of now
         return await build_chain(
@@ -1123,7 +1216,7 @@ class Broker:
     async def _flush(self, *, force: bool = False) -> None:
         states = [r.snapshot() for r in self._runtimes.values() if force or r.dirty]
         if states:
-            await self.store.save_subscribers(states, os.getpid())
+            await self.store.save_subscribers(states, os.getpid(), self._fences)
         await self._schemas.save_if_changed(self.store)
 
     async def _flush_loop(self) -> None:
@@ -1152,12 +1245,25 @@ class Broker:
                 failing = False
             if heartbeat:
                 last_heartbeat = now
+                await self._pick_up_retries()
                 # An idle log still rolls its active segment by age, so that the segment
                 # becomes sealed (and archivable, and removable by retention) on time.
                 try:
                     await self._blocking(self.log.roll_if_due)
                 except Exception:
                     logger.exception("could not roll the active segment")
+
+    async def _pick_up_retries(self) -> None:
+        """Wake the queues here whose DLQ entries another process sent back (CLI requests)."""
+        try:
+            waiting = await self.store.subscribers_with_retries()
+        except Exception:
+            logger.exception("could not read the DLQ entries being retried")
+            return
+        for name in waiting:
+            runtime = self._runtimes.get(name)
+            if runtime is not None and not runtime.redelivering:
+                runtime.notify_redelivery()
 
     async def _control_loop(self) -> None:
         interval = self.config.control_poll_interval
@@ -1167,10 +1273,6 @@ class Broker:
                 await self.dlq.execute_requests()
             except Exception:
                 logger.exception("failed to carry out operator requests")
-
-
-def _subscriber_role(name: str) -> str:
-    return f"subscriber-{name}"
 
 
 def _meta(event: Event, appended: float) -> IndexMeta:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from localbroker.log import Gap
+from localbroker.state.coordination import ProcessInfo
 
 __all__ = ["Health", "HealthState", "Stall", "SubscriberHealth"]
 
@@ -63,12 +64,16 @@ class Health:
     ``lost`` lists offsets lost earlier (cut out by ``localbroker repair``, or missing after
     a crash); they are history and do not make ``ok`` false. ``readers`` lists the other
     readers of the log that are stalled now, by name (``sync target redis``: a mirror that
-    cannot read the log at its cursor).
+    cannot read the log at its cursor). ``processes`` are those sharing the data directory
+    (pid, host, started, heartbeat), each with the leases it holds (``roles``: singletons
+    such as ``indexer``, and ``subscriber:<name>`` queues). ``Broker.health()`` lists its
+    own subscribers (those whose queue runs in this process).
     """
 
     subscribers: dict[str, SubscriberHealth] = field(default_factory=dict)
     lost: list[Gap] = field(default_factory=list)
     readers: dict[str, Stall] = field(default_factory=dict)
+    processes: list[ProcessInfo] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -76,9 +81,12 @@ class Health:
         subscribers: Iterable[SubscriberHealth],
         lost: list[Gap],
         readers: dict[str, Stall] | None = None,
+        processes: Iterable[ProcessInfo] = (),
     ) -> Health:
         """Health from each subscriber's (and the stalls of other readers)."""
-        return cls({s.name: s for s in subscribers}, list(lost), dict(readers or {}))
+        return cls(
+            {s.name: s for s in subscribers}, list(lost), dict(readers or {}), list(processes)
+        )
 
     @property
     def ok(self) -> bool:

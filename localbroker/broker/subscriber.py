@@ -256,6 +256,28 @@ class SubscriberRuntime:
             )
         self._tasks.clear()
 
+    async def drain(self, timeout: float) -> None:
+        """Read no more, and wait up to ``timeout`` s for the deliveries read to finish.
+
+        Used before the queue is handed to another process: what finishes here is not
+        delivered again there. ``stop()`` follows.
+        """
+        if self._tasks:
+            self._tasks[0].cancel()  # the read loop
+        try:
+            async with asyncio.timeout(timeout):
+                while self.pending or self.redelivering:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            logger.warning(
+                "subscriber %s: %d deliveries still in flight after %.1f s; handed over "
+                "unfinished (delivered again by the next process)",
+                self.name,
+                self.in_flight,
+                timeout,
+            )
+
     def halt(self) -> None:
         """Start no more handlers: cancel the tasks and timers (``stop()`` waits for them)."""
         for timer in self._timers:

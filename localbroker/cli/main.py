@@ -15,13 +15,14 @@ from rich.table import Table
 from localbroker.cli import archive_cmds
 from localbroker.cli.common import data_option, fmt_time, run
 from localbroker.cli.dashboard_cmd import dashboard
-from localbroker.cli.render import chain_tree, subscribers_table
+from localbroker.cli.render import chain_tree, processes_table, subscribers_table
 from localbroker.cli.schema_cmds import schema_group
 from localbroker.cli.state_cmds import state_group
 from localbroker.cli.sync_cmds import sync_group
 from localbroker.errors import LocalBrokerError
 from localbroker.log import verify as verify_log
 from localbroker.log.repair import repair as repair_log
+from localbroker.state.coordination import read_processes
 from localbroker.view import BrokerView
 
 __all__ = ["cli", "main"]
@@ -118,7 +119,8 @@ async def tail(
 )
 @run
 async def inspect(directory: Path | None, data: Path | None) -> None:
-    """Show segments, offsets and each subscriber's lag, in-flight and DLQ counts.
+    """Show segments, offsets and each subscriber's lag, in-flight and DLQ counts, and the
+    processes sharing the directory with the leases each holds.
 
     Example: localbroker inspect ./data
     """
@@ -144,6 +146,7 @@ async def inspect(directory: Path | None, data: Path | None) -> None:
         console.print(segments)
         subscribers = await view.subscribers()
         console.print(subscribers_table(subscribers))
+        console.print(processes_table(await read_processes(view.store)))
         # Problems last, in full (not cut to a table cell): they name files and bytes.
         if log.damage is not None:
             console.print(f"[red]log damaged:[/] {escape(str(log.damage))}")

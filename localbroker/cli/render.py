@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich import box
 from rich.markup import escape
 from rich.table import Column, Table
@@ -10,10 +12,11 @@ from rich.tree import Tree
 
 from localbroker.broker.chains import Chain, ChainNode
 from localbroker.cli.common import fmt_time
+from localbroker.state.coordination import ProcessInfo
 from localbroker.state.store import DLQEntry
 from localbroker.view import SubscriberInfo
 
-__all__ = ["chain_tree", "dlq_entry_table", "subscribers_table"]
+__all__ = ["chain_tree", "dlq_entry_table", "processes_table", "subscribers_table"]
 
 COLOURS = {
     "done": "green",
@@ -57,6 +60,23 @@ def _ms(seconds: float | None) -> str:
 
 def _number(header: str) -> Column:
     return Column(header, justify="right", no_wrap=True)
+
+
+def processes_table(processes: list[ProcessInfo]) -> Table:
+    """The processes on a data directory: pid, host, started, heartbeat, the leases held."""
+    table = Table("process", _number("pid"), "host", "started", "heartbeat", "holds")
+    table.title = "Processes"
+    now = time.time()
+    for p in processes:
+        table.add_row(
+            p.id,
+            str(p.pid),
+            p.host,
+            fmt_time(p.started),
+            f"{now - p.heartbeat:.1f} s ago",
+            ", ".join(p.roles) or "-",
+        )
+    return table
 
 
 def subscribers_table(subscribers: list[SubscriberInfo]) -> Table:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -25,6 +25,7 @@ from localbroker.dashboard.queries import (
 from localbroker.dashboard.security import CSRF_FIELD, csrf_token, csrf_valid
 from localbroker.dashboard.svg import bar_chart, chain_svg
 from localbroker.errors import ConfigurationError, LocalBrokerError, NotFoundError
+from localbroker.state.coordination import read_processes
 from localbroker.state.event_index import EventQuery
 
 if TYPE_CHECKING:
@@ -299,14 +300,12 @@ async def subscribers_context(request: Request) -> Context:
     async with dashboard.reading() as view:
         subs = await view.subscribers()
         running = view.broker_running()
-    processes: dict[int, list[str]] = collections.defaultdict(list)
-    for sub in subs:
-        if sub.running and sub.pid is not None:
-            processes[sub.pid].append(sub.name)
+        processes = await read_processes(view.store)
     return {
         "subscribers": subs,
         "rates": dashboard.meter.update(subs),
-        "processes": dict(processes),
+        "processes": processes,
+        "now": time.time(),
         "broker_running": running,
     }
 

@@ -88,6 +88,27 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_pending ON requests (status);
 
+-- Processes sharing the data directory (see localbroker/state/coordination.py). A row is added
+-- when a broker starts, its heartbeat renewed every second, and it is removed on close; a row
+-- whose process died is removed by the next live process that notices.
+CREATE TABLE IF NOT EXISTS processes (
+    id        TEXT PRIMARY KEY,                -- '<pid>@<host>-<random>': unique per start
+    pid       INTEGER NOT NULL,
+    host      TEXT NOT NULL,
+    started   REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    version   TEXT NOT NULL                    -- localbroker's version
+);  -- the roles it holds are the leases whose holder it is
+
+-- Leases: what one process at a time may do (a singleton role, a subscriber's queue).
+-- `epoch` grows at every change of holder: a fencing token that a holder's writes check.
+CREATE TABLE IF NOT EXISTS leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT,                             -- a processes.id, NULL when free
+    expires  REAL NOT NULL,                    -- wall-clock time after which others may take it
+    epoch    INTEGER NOT NULL
+);
+
 -- Small key/value table for extensions (sync and archive cursors, ...).
 CREATE TABLE IF NOT EXISTS kv (
     key    TEXT PRIMARY KEY,

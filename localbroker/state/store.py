@@ -18,15 +18,18 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import orjson
 
 from localbroker.errors import BrokerStateError, NotFoundError, StateStoreError, StorageFullError
 from localbroker.state.schema import STATE_SCHEMA
+
+if TYPE_CHECKING:
+    from localbroker.state.coordination import Lease
 
 __all__ = [
     "DLQEntry",
@@ -550,9 +553,19 @@ class StateStore:
             subscriber=name,
         )
 
-    async def save_subscribers(self, states: Iterable[SubscriberState], pid: int) -> None:
-        """Write positions and counters of several subscribers in one transaction."""
+    async def save_subscribers(
+        self,
+        states: Iterable[SubscriberState],
+        pid: int,
+        fences: Mapping[str, Lease] | None = None,
+    ) -> None:
+        """Write positions and counters of several subscribers in one transaction.
+
+        A subscriber named in ``fences`` is written only while the lease there still has that
+        holder and epoch (another process that took its queue over is not overwritten).
+        """
         now = self._clock()
+        fences = fences or {}
         rows = [
             (
                 s.committed,
@@ -566,6 +579,7 @@ class StateStore:
                 now,
                 pid,
                 s.name,
+                *_fence(fences.get(s.name)),
             )
             for s in states
         ]
@@ -573,9 +587,18 @@ class StateStore:
             await self.db.executemany(
                 "UPDATE subscribers SET committed = ?, position = ?, done = ?, processed = ?,"
                 " failures = ?, dead = ?, handler_hist = ?, updated = ?, heartbeat = ?, pid = ?"
-                " WHERE name = ?",
+                " WHERE name = ? AND (? IS NULL OR EXISTS (SELECT 1 FROM leases"
+                " WHERE name = ? AND holder = ? AND epoch = ?))",
                 rows,
             )
+
+    async def subscribers_with_retries(self) -> list[str]:
+        """Subscribers with DLQ entries an operator sent back that are not handled yet."""
+        rows = await self._all(
+            "read the DLQ entries being retried",
+            "SELECT DISTINCT subscriber FROM dlq WHERE status = 'retrying'",
+        )
+        return [row[0] for row in rows]
 
     async def release_subscribers(self, names: Iterable[str]) -> None:
         """Mark subscribers as no longer run by a live process."""
@@ -1062,6 +1085,13 @@ def _disk_full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(
         exc
     )
+
+
+def _fence(lease: Lease | None) -> tuple[str | None, str | None, str | None, int | None]:
+    """``(name, name, holder, epoch)`` of the lease a write checks; Nones for no check."""
+    if lease is None:
+        return (None, None, None, None)
+    return (lease.name, lease.name, lease.holder, lease.epoch)
 
 
 def _describe(exc: sqlite3.Error) -> str:

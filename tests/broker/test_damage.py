@@ -59,11 +59,15 @@ async def test_a_bad_record_stalls_its_subscribers_loudly_until_repaired(
             assert (stalled.name, stalled.state, stalled.position) == ("reader", "stalled", 50)
             assert stalled.stall is not None
             assert damage.named() in stalled.stall.cause
-            # Tools beside the running broker see the same, from the files.
+            # Tools beside the running broker see the same, from the files, once the
+            # position is saved (every state_flush_interval).
             async with BrokerView(tmp_path) as view:
-                assert [(s.name, s.position) for s in (await view.health()).stalled] == [
-                    ("reader", 50)
-                ]
+
+                async def seen_stalled() -> bool:
+                    stalled = (await view.health()).stalled
+                    return [(s.name, s.position) for s in stalled] == [("reader", 50)]
+
+                await wait_until(seen_stalled, what="the view to see the stalled reader")
 
     result = CliRunner().invoke(cli, ["repair", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -1,20 +1,16 @@
-"""The log tail (visible offset, wait, read) and the roles, on one directory shared by two
-opens (``flock`` and the wake-up sockets belong to the open, so two opens in one process
-behave like two processes)."""
+"""The log tail (visible offset, wait, read) on one directory shared by two opens (``flock``
+and the wake-up sockets belong to the open, so two opens in one process behave like two
+processes). The roles that run in one process are leases: tests/broker/test_leases.py."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from localbroker.broker.log_tail import LogTail
-from localbroker.broker.roles import RoleLocks
 from localbroker.log import CommitLog
 from localbroker.log.notify import MEMBERS_DIR, Notifier
 from tests.log.helpers import batch
-from tests.waiting import wait_until
 
 
 async def test_an_append_wakes_the_other_tail_without_polling(tmp_path: Path) -> None:
@@ -59,37 +55,3 @@ async def test_a_dead_member_is_forgotten(tmp_path: Path) -> None:
     finally:
         notifier.close()
     assert list((tmp_path / MEMBERS_DIR).iterdir()) == []
-
-
-async def test_a_role_moves_when_its_holder_lets_go(tmp_path: Path) -> None:
-    first, second = RoleLocks(tmp_path), RoleLocks(tmp_path, retry_interval=0.01)
-    started: list[str] = []
-
-    async def start(who: str) -> None:
-        started.append(who)
-
-    await first.run("indexer", lambda: start("first"))
-    await second.run("indexer", lambda: start("second"))
-    assert started == ["first"]
-    assert first.held("indexer")
-    assert not second.held("indexer")
-    first.release_all()  # what the kernel does when the holder dies
-    await wait_until(lambda: started == ["first", "second"], what="the role to move")
-    assert second.held("indexer")
-    await second.stop_trying()
-    second.release_all()
-    await first.stop_trying()
-
-
-async def test_a_role_whose_start_fails_is_released(tmp_path: Path) -> None:
-    roles = RoleLocks(tmp_path)
-
-    async def fail() -> None:
-        raise RuntimeError("cannot start")
-
-    with pytest.raises(RuntimeError, match="cannot start"):
-        await roles.run("control", fail)
-    assert not roles.held("control")
-    other = RoleLocks(tmp_path)
-    assert other.try_acquire("control")  # another process can take it
-    other.release_all()

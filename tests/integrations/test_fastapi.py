@@ -10,9 +10,8 @@ import pytest
 from fastapi import FastAPI, Response
 from fastapi.testclient import TestClient
 
-from localbroker import Broker, Command, LogLockedError
+from localbroker import Broker, Command
 from localbroker.integrations.fastapi import CorrelationIdMiddleware, lifespan
-from localbroker.log import CommitLog
 from localbroker.testing import TestBroker
 
 
@@ -78,10 +77,18 @@ def test_the_header_name_is_configurable() -> None:
     assert "X-Correlation-ID" not in response.headers
 
 
+class _FailsToStart:
+    """An extension whose start fails (brokers share a directory now: no LogLockedError)."""
+
+    async def start(self, broker: Broker) -> None:
+        raise ConnectionRefusedError("the sync server is down")
+
+    async def close(self) -> None:
+        pass
+
+
 async def test_a_broker_that_cannot_start_fails_the_apps_startup(tmp_path: Path) -> None:
-    # Held for itself, as `localbroker repair` holds it (brokers share a directory).
-    with CommitLog(tmp_path / "log", exclusive=True):
-        app, steps = make_app(Broker(tmp_path))
-        with pytest.raises(LogLockedError), TestClient(app):
-            pass
+    app, steps = make_app(Broker(tmp_path, extensions=[_FailsToStart()]))
+    with pytest.raises(ConnectionRefusedError), TestClient(app):
+        pass
     assert steps == []  # the app's own lifespan never ran
