@@ -74,10 +74,15 @@ class _Renewer:
     def start(self) -> None:
         self._thread.start()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop renewing; return once the thread has ended.
+
+        Polled rather than joined in a worker thread: asyncio's default executor would keep a
+        thread of its own alive after the broker closed.
+        """
         self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        while self._thread.is_alive():
+            await asyncio.sleep(0.01)
 
     def hold(self, lease: Lease, began: float) -> None:
         with self._lock:
@@ -169,11 +174,16 @@ class Coordinator:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._stopping.values(), return_exceptions=True)
-        # Shares first (subscriber queues publish through the singletons' writer).
-        for name in sorted(self.held, key=lambda n: not self.roles[n].share):
-            await self._hand_back(name, drain=False)
-        await asyncio.to_thread(self._renewer.close)
-        await self.coordination.unregister()
+        try:
+            # Shares first (subscriber queues publish through the singletons' writer).
+            for name in sorted(self.held, key=lambda n: not self.roles[n].share):
+                await self._hand_back(name, drain=False)
+        finally:
+            # Whatever failed above (a full disk under state.db, say): stop renewing and free
+            # the liveness lock, so that other processes, or a broker opened again in this
+            # one, see this registration dead at once and take its leases.
+            await self._renewer.close()
+            await self.coordination.unregister()
 
     async def _run(self) -> None:
         while True:

@@ -134,7 +134,7 @@ async def test_subscriber_moves_when_its_process_is_sigkilled(tmp_path: Path) ->
 
 
 def group_member(tmp: Path, name: str, count: int) -> Child:
-    return Child(tmp, name, "group", str(tmp / "data"), name, str(count))
+    return spawn(tmp, name, "group", str(tmp / "data"), name, str(count))
 
 
 def handlings(children: list[Child]) -> list[list[str]]:

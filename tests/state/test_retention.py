@@ -158,7 +158,11 @@ async def test_history_retention_none_keyword_keeps_history_forever(
     assert (broker.config.history_retention, broker.config.segment_max_age) == (None, None)
     assert Broker(None, history_retention=None).data_dir == Path("./localbroker-data")
     async with broker:
+        # The process's singletons start once it holds their leases.
+        await wait_until(
+            lambda: "localbroker-requests" in {t.get_name() for t in asyncio.all_tasks()},
+            what="the operator-request executor to start",
+        )
         names = {task.get_name() for task in asyncio.all_tasks()}
-        assert "localbroker-control" in names
-        assert "localbroker-history" not in names  # nothing trims the history
+        assert "localbroker-retention" not in names  # nothing trims the history
         assert broker.log.segment_max_age is None

@@ -142,7 +142,11 @@ async def test_entry_fields_as_a_plain_client_reads_them(
 async def test_redelivery_after_crash_before_xack_is_not_appended_twice(
     data_dir: Path, redis_server: RedisServer, rclient: redis.Redis
 ) -> None:
-    target = inbound(redis_server.url)
+    # Added before the broker starts, so that one read takes all 20 (the first appended
+    # batch is the only one: its acknowledgement never comes).
+    for i in range(20):
+        rclient.xadd(STREAM, {"id": f"p{i}", "data": json.dumps({"n": i})})
+    target = inbound(redis_server.url, inbound_start="earliest")
     hang = asyncio.Event()
 
     async def never_ack() -> None:  # the process "dies" between the append and the XACK
@@ -151,8 +155,6 @@ async def test_redelivery_after_crash_before_xack_is_not_appended_twice(
 
     target.inbound._ack_unacked = never_ack
     async with Broker(data_dir, sync=[target]):
-        for i in range(20):
-            rclient.xadd(STREAM, {"id": f"p{i}", "data": json.dumps({"n": i})})
         await wait_until(lambda: target.inbound.ledger.received == 20)
     assert rclient.xpending(STREAM, "shop")["pending"] == 20
 
