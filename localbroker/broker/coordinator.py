@@ -81,7 +81,7 @@ class _Renewer:
         thread of its own alive after the broker closed.
         """
         self._stopped.set()
-        while self._thread.is_alive():
+        while self._thread.is_alive():  # noqa: ASYNC110 (a thread ending: no loop event)
             await asyncio.sleep(0.01)
 
     def hold(self, lease: Lease, began: float) -> None:
