@@ -205,24 +205,42 @@ async def errors(request: Request) -> Response:
 # -- dead letter queue ----------------------------------------------------------------------
 
 
+DLQ_PAGE = 100
+"""Entries a DLQ page lists unless ``limit`` says otherwise (at most 500)."""
+
+
 async def dlq_context(request: Request) -> Context:
     status = _param(request, "status") or "open"
     if status not in DLQ_STATUSES:
         raise ConfigurationError(f"status {status!r}: one of {', '.join(DLQ_STATUSES)}")
+    order = _param(request, "order") or "newest"
+    if order not in ("newest", "oldest"):
+        raise ConfigurationError(f"order {order!r}: newest or oldest")
     subscriber, topic = _param(request, "subscriber"), _param(request, "topic")
+    limit = min(max(_int(request, "limit", DLQ_PAGE) or DLQ_PAGE, 1), 500)
+    beyond = _int(request, "after")
+    filters = {"subscriber": subscriber, "topic": topic, "status": DLQ_STATUSES[status]}
     async with _dash(request).reading() as view:
         entries = await view.store.dlq_entries(
-            subscriber=subscriber, topic=topic, status=DLQ_STATUSES[status], limit=500
+            **filters, limit=limit, newest_first=order == "newest", beyond=beyond
         )
+        total = await view.store.dlq_count(**filters)
         subscribers = [s.name for s in await view.store.subscribers()]
+    # The bulk buttons act on these ids, the dead entries of this page, and on nothing else.
+    dead = [e.id for e in entries if e.status == "dead"]
     return {
         "entries": entries,
+        "total": total,
         "subscribers": subscribers,
         "statuses": list(DLQ_STATUSES),
         "status": status,
+        "order": order,
         "subscriber": subscriber,
         "topic": topic,
-        "dead": sum(e.status == "dead" for e in entries),
+        "dead_ids": ",".join(map(str, dead)),
+        "dead": len(dead),
+        "next_url": _with(request, after=entries[-1].id) if len(entries) == limit else None,
+        "first_url": _with(request, after=None) if beyond is not None else None,
     }
 
 
@@ -241,14 +259,15 @@ async def dlq_entry(request: Request) -> Response:
 
 
 ACTIONS = {
-    "retry": ("dlq.retry", "dlq.retry_all", "retried"),
-    "discard": ("dlq.discard", "dlq.discard_all", "discarded"),
+    "retry": ("dlq.retry", "dlq.retry_ids", "retried"),
+    "discard": ("dlq.discard", "dlq.discard_ids", "discarded"),
 }
 
 
 async def dlq_action(request: Request) -> Response:
-    """POST ``/dlq/retry`` or ``/dlq/discard``: one entry (``id``) or all dead ones matching
-    ``subscriber``/``topic`` (``all=1``). Needs the session's CSRF token."""
+    """POST ``/dlq/retry`` or ``/dlq/discard``: one entry (``id``) or exactly the entries
+    listed in ``ids`` (comma-separated: those the operator saw and confirmed). All of them or,
+    if one is not dead any more, none. Needs the session's CSRF token."""
     wants_json = "application/json" in request.headers.get("accept", "")
     form = await request.form()
     submitted = form.get(CSRF_FIELD)
@@ -258,18 +277,18 @@ async def dlq_action(request: Request) -> Response:
         )
     if request.path_params["action"] not in ACTIONS:
         return _answer(request, wants_json, False, "unknown action", 404)
-    one, many, verb = ACTIONS[request.path_params["action"]]
+    one, listed, verb = ACTIONS[request.path_params["action"]]
     fields = {k: v for k, v in form.items() if isinstance(v, str) and v}
     try:
         async with _dash(request).reading() as view:
             pass  # opened; the action itself runs outside the lock (it may wait for the broker)
-        if fields.get("all"):
-            args = {"subscriber": fields.get("subscriber"), "topic": fields.get("topic")}
-            ids = await view.dlq_action(many, args)
+        if "ids" in fields:
+            chosen = [int(i) for i in fields["ids"].split(",")]
+            ids = await view.dlq_action(listed, {"ids": chosen})
         elif "id" in fields:
             ids = await view.dlq_action(one, {"id": int(fields["id"])})
         else:
-            return _answer(request, wants_json, False, "give an entry id or all=1", 400)
+            return _answer(request, wants_json, False, "give an entry id or a list of ids", 400)
     except (LocalBrokerError, ValueError) as exc:
         return _answer(request, wants_json, False, str(exc), 409)
     message = f"{verb} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}" + (

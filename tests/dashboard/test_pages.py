@@ -232,18 +232,36 @@ async def test_dlq_retry_needs_csrf_and_is_carried_out(filled) -> None:
     assert statuses == {entries[0]: "retrying", entries[1]: "dead"}
 
 
-async def test_dlq_discard_all_of_a_filter(filled) -> None:
+async def test_dlq_bulk_discard_acts_on_the_listed_ids_only(filled) -> None:
     data, _ = filled
     async with client_for(create_app(data)) as client:
-        page = await client.get("/dlq")
-        form = {"csrf": csrf_of(page.text), "all": "1", "subscriber": "comments"}
-        response = await client.post("/dlq/discard", data=form, follow_redirects=False)
+        page = await client.get("/dlq", params={"limit": "1"})  # newest first: the second post
+        [listed] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        [ids] = re.findall(r'name="ids" value="([^"]*)"', page.text)[:1]
+        older = await client.get("/dlq", params={"limit": "1", "after": listed})
+        token = csrf_of(page.text)
+        response = await client.post(
+            "/dlq/discard", data={"csrf": token, "ids": ids}, follow_redirects=False
+        )
+        # A listed entry that is not dead any more: nothing is done, not even to the others.
+        [other] = re.findall(r'<tr data-entry="(\d+)">', older.text)
+        stale = await client.post(
+            "/dlq/retry",
+            data={"csrf": token, "ids": f"{other},{listed}"},
+            headers={"accept": "application/json"},
+        )
         after = await client.get("/dlq")
         discarded = await client.get("/dlq", params={"status": "discarded"})
+    assert "2 match, 1 shown (newest first)" in page.text
+    assert ids == listed
+    assert int(other) < int(listed)
     assert response.status_code == 303
-    assert "discarded+2+entries" in response.headers["location"]
-    assert "No open entries" in after.text
-    assert len(re.findall(r'<tr data-entry="', discarded.text)) == 2
+    assert f"discarded+1+entry+%28{listed}%29" in response.headers["location"]
+    assert stale.status_code == 409
+    assert f"DLQ entry {listed} is discarded, not dead" in stale.json()["message"]
+    assert re.findall(r'<tr data-entry="(\d+)">', after.text) == [other]
+    assert "1 match, 1 shown" in after.text
+    assert re.findall(r'<tr data-entry="(\d+)">', discarded.text) == [listed]
 
 
 async def test_dlq_entry_page_shows_attempts(filled) -> None:
