@@ -219,12 +219,17 @@ async def dlq_context(request: Request) -> Context:
     subscriber, topic = _param(request, "subscriber"), _param(request, "topic")
     limit = min(max(_int(request, "limit", DLQ_PAGE) or DLQ_PAGE, 1), 500)
     beyond = _int(request, "after")
-    filters = {"subscriber": subscriber, "topic": topic, "status": DLQ_STATUSES[status]}
+    statuses = DLQ_STATUSES[status]
     async with _dash(request).reading() as view:
         entries = await view.store.dlq_entries(
-            **filters, limit=limit, newest_first=order == "newest", beyond=beyond
+            subscriber=subscriber,
+            topic=topic,
+            status=statuses,
+            limit=limit,
+            newest_first=order == "newest",
+            beyond=beyond,
         )
-        total = await view.store.dlq_count(**filters)
+        total = await view.store.dlq_count(subscriber=subscriber, topic=topic, status=statuses)
         subscribers = [s.name for s in await view.store.subscribers()]
     # The bulk buttons act on these ids, the dead entries of this page, and on nothing else.
     dead = [e.id for e in entries if e.status == "dead"]
