@@ -167,3 +167,42 @@ async def test_every_page_renders_without_script_errors(blog: Blog, browser: Bro
         await expect(page.locator("#sync")).to_contain_text("sync.redis")
         await expect(page.locator("#archive")).to_contain_text("not configured")
         assert problems == []
+
+
+async def test_bulk_discard_acts_on_exactly_what_the_dialog_counted(
+    blog: Blog, browser: Browser
+) -> None:
+    for n in range(25):
+        await blog.post(f"post {n}")
+    await blog.broker.wait_idle()
+    before = {e.id for e in await blog.broker.dlq.list()}
+    assert len(before) == 25
+    with serve(create_app(blog.broker.data_dir)) as url:
+        page, problems = await open_page(browser)
+        await page.goto(f"{url}/dlq?limit=10")
+        await expect(page.locator(".count")).to_have_text("25 match, 10 shown (newest first)")
+        shown = {
+            int(await r.get_attribute("data-entry") or 0)
+            for r in await page.locator("tr[data-entry]").all()
+        }
+        assert shown == set(sorted(before)[-10:])  # newest first
+        dialogs: list[str] = []
+
+        async def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+            dialogs.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", accept)
+        await page.get_by_role("button", name="Discard the 10 dead shown").click()
+        await expect(page.locator("#flash")).to_contain_text(
+            "discarded 10 entries", timeout=WAIT_MS
+        )
+        assert dialogs == ["Discard the 10 dead entries listed on this page (25 match the filter)?"]
+        # The live list now shows the next ten; the older fifteen are all still dead.
+        await expect(page.locator(".count")).to_have_text(
+            "15 match, 10 shown (newest first)", timeout=WAIT_MS
+        )
+        await shot(page, "dlq-bulk")
+        assert problems == []
+    left = {e.id for e in await blog.broker.dlq.list()}
+    assert left == before - shown
