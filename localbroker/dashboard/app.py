@@ -12,7 +12,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -22,7 +21,7 @@ from starlette.templating import Jinja2Templates
 from localbroker.dashboard import pages
 from localbroker.dashboard.live import ChangeFeed
 from localbroker.dashboard.queries import ThroughputMeter
-from localbroker.dashboard.security import SecurityHeaders, TokenGuard
+from localbroker.dashboard.security import HostGuard, OriginGuard, SecurityHeaders, TokenGuard
 from localbroker.errors import ConfigurationError, NotFoundError
 from localbroker.view import BrokerView
 
@@ -98,8 +97,10 @@ def create_app(
 
     It only reads the directory (the broker may run in another process) and follows its
     changes live. ``token``: required on every request when given. ``secret_key`` signs the
-    session cookie holding the CSRF token (default: random per process). ``allowed_hosts``:
-    Host header values accepted (e.g. ``["127.0.0.1", "localhost"]`` against DNS rebinding).
+    session cookie and keys the HMACs that stand for the CSRF token and the access token in
+    cookies (default: random per process, so cookies end with the process). ``allowed_hosts``:
+    Host header values accepted (e.g. ``["127.0.0.1", "localhost", "::1"]`` against DNS
+    rebinding). Every state-changing request must come from the dashboard's own origin.
 
     Mount it inside an application's own ASGI app::
 
@@ -107,15 +108,17 @@ def create_app(
         app.router.routes.append(Mount("/broker", app=create_app("./data")))
     """
     dashboard = Dashboard(Path(data_dir))
+    secret = (secret_key or secrets.token_urlsafe(32)).encode()
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+        middleware.append(Middleware(HostGuard, hosts=allowed_hosts))
+    middleware.append(Middleware(OriginGuard))
     if token is not None:
-        middleware.append(Middleware(TokenGuard, token=token))
+        middleware.append(Middleware(TokenGuard, token=token, secret=secret))
     middleware.append(
         Middleware(
             SessionMiddleware,
-            secret_key=secret_key or secrets.token_urlsafe(32),
+            secret_key=secret.decode(),
             session_cookie="localbroker_session",
             same_site="strict",
         )
@@ -148,6 +151,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard
+    app.state.secret = secret
     app.state.templates = _templates()
     app.state.data_dir = Path(data_dir)
     return app

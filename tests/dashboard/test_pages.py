@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
 from localbroker.dashboard import create_app
@@ -371,3 +373,59 @@ async def test_fill_is_reusable(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert len(ids) == 2
+
+
+async def test_actions_from_another_origin_are_refused(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        page = await client.get("/dlq")
+        [entry, _] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        form = {"id": entry, "csrf": csrf_of(page.text)}
+        other_port = await client.post(
+            "/dlq/discard", data=form, headers={"origin": "http://127.0.0.1:9999"}
+        )
+        by_referer = await client.post(
+            "/dlq/discard", data=form, headers={"referer": "http://127.0.0.1:9999/attack"}
+        )
+        opaque = await client.post("/dlq/discard", data=form, headers={"origin": "null"})
+        still = await client.get("/dlq")
+        own = await client.post(
+            "/dlq/discard",
+            data=form,
+            headers={"origin": "http://127.0.0.1", "accept": "application/json"},
+        )
+    for refused in (other_port, by_referer, opaque):
+        assert refused.status_code == 403
+    assert other_port.text.startswith(
+        "refused: a POST request from http://127.0.0.1:9999, not from this dashboard "
+        "(http://127.0.0.1)"
+    )
+    assert f'<tr data-entry="{entry}">' in still.text
+    assert own.json()["ids"] == [int(entry)]
+
+
+def _cookie_payload(set_cookie: str) -> str:
+    """What a page that receives the signed session cookie can read from it."""
+    value = set_cookie.split(";")[0].split("=", 1)[1].split(".")[0]
+    return base64.b64decode(value + "=" * (-len(value) % 4)).decode()
+
+
+async def test_cookies_hold_no_secret_a_reader_could_reuse(filled) -> None:
+    data, _ = filled
+    token = "t" * 20
+    async with client_for(create_app(data, token=token)) as client:
+        login = await client.get(f"/dlq?token={token}")
+        page = await client.get("/dlq")
+        readable = _cookie_payload(page.headers["set-cookie"])
+        # What the cookies hold, replayed as the CSRF token, does not pass.
+        [entry, _] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        sid = orjson.loads(readable)["sid"]
+        forged = await client.post(
+            "/dlq/discard",
+            data={"id": entry, "csrf": sid},
+            headers={"accept": "application/json"},
+        )
+    assert token not in login.headers["set-cookie"]
+    assert login.headers["set-cookie"].startswith("localbroker_token=")
+    assert csrf_of(page.text) not in readable
+    assert forged.status_code == 403
