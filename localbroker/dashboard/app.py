@@ -92,6 +92,7 @@ def create_app(
     token: str | None = None,
     secret_key: str | None = None,
     allowed_hosts: list[str] | None = None,
+    stale_after: float = 10.0,
 ) -> Starlette:
     """The dashboard of the broker data directory ``data_dir``, as a Starlette app.
 
@@ -101,6 +102,7 @@ def create_app(
     cookies (default: random per process, so cookies end with the process). ``allowed_hosts``:
     Host header values accepted (e.g. ``["127.0.0.1", "localhost", "::1"]`` against DNS
     rebinding). Every state-changing request must come from the dashboard's own origin.
+    ``stale_after``: seconds after which a sync status not refreshed is shown as stale.
 
     Mount it inside an application's own ASGI app::
 
@@ -152,6 +154,7 @@ def create_app(
     )
     app.state.dashboard = dashboard
     app.state.secret = secret
+    app.state.stale_after = stale_after
     app.state.templates = _templates()
     app.state.data_dir = Path(data_dir)
     return app
