@@ -12,12 +12,14 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from localbroker.broker.positions import ARCHIVE_STATE_KEY
 from localbroker.dashboard.live import live_fragments
 from localbroker.dashboard.queries import (
     RANGES,
     event_detail,
     list_events,
     parse_time,
+    sync_rows,
     topic_analytics,
     topic_stats,
     window_start,
@@ -372,6 +374,7 @@ async def system(request: Request) -> Response:
     async with _dash(request).reading() as view:
         await view.refresh()
         segments = view.log.segments()
+        archive = await view.store.get_value(ARCHIVE_STATE_KEY)
         context = {
             "nav": "system",
             "data_dir": str(view.data_dir),
@@ -380,8 +383,9 @@ async def system(request: Request) -> Response:
             "segments": len(segments),
             "log_bytes": sum(s.size_bytes for s in segments),
             "indexed_to": None if view.index is None else await view.index.next_offset(),
-            "sync": await view.store.values("sync."),
-            "archive": await view.store.values("archive."),
+            "sync": sync_rows(await view.sync_status(), stale_after=request.app.state.stale_after),
+            "stale_after": request.app.state.stale_after,
+            "archive": archive if isinstance(archive, dict) else None,
         }
     return render(request, "system.html", context)
 
