@@ -22,6 +22,7 @@ from localbroker.dashboard import pages
 from localbroker.dashboard.live import ChangeFeed
 from localbroker.dashboard.queries import ThroughputMeter
 from localbroker.dashboard.security import HostGuard, OriginGuard, SecurityHeaders, TokenGuard
+from localbroker.dashboard.svg import segment
 from localbroker.errors import ConfigurationError, NotFoundError
 from localbroker.view import BrokerView
 
@@ -87,7 +88,7 @@ def _ago(seconds: float | None) -> str:
 
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=HERE / "templates")  # autoescape on
-    templates.env.filters.update(time=_time, ms=_ms, ago=_ago)
+    templates.env.filters.update(time=_time, ms=_ms, ago=_ago, segment=segment)
     return templates
 
 
@@ -147,7 +148,7 @@ def create_app(
             Route("/events", pages.events, name="events"),
             Route("/events/{offset:int}", pages.event, name="event"),
             Route("/chains", pages.chains, name="chains"),
-            Route("/chains/{chain_id}", pages.chain, name="chain"),
+            Route("/chains/{chain_id:path}", pages.chain, name="chain"),  # ids may hold "/"
             Route("/errors", pages.errors, name="errors"),
             Route("/dlq", pages.dlq, name="dlq"),
             Route("/dlq/{entry_id:int}", pages.dlq_entry, name="dlq_entry"),

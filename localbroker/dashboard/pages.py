@@ -25,7 +25,7 @@ from localbroker.dashboard.queries import (
     window_start,
 )
 from localbroker.dashboard.security import CSRF_FIELD, csrf_token, csrf_valid
-from localbroker.dashboard.svg import bar_chart, chain_svg
+from localbroker.dashboard.svg import bar_chart, chain_svg, segment
 from localbroker.errors import ConfigurationError, LocalBrokerError, NotFoundError
 from localbroker.state.event_index import EventQuery
 
@@ -44,6 +44,9 @@ DLQ_STATUSES = {
 }
 
 Context = dict[str, Any]
+
+CHAIN_DRAWN = 500
+"""Events of a chain drawn at most (the table under the drawing lists them all)."""
 
 
 def _dash(request: Request) -> Dashboard:
@@ -133,7 +136,7 @@ async def event(request: Request) -> Response:
 async def chains(request: Request) -> Response:
     chain_id = _param(request, "id")
     if chain_id is not None:
-        return RedirectResponse(f"{_base(request)}/chains/{chain_id}", status_code=303)
+        return RedirectResponse(f"{_base(request)}/chains/{segment(chain_id)}", status_code=303)
     range_name = _param(request, "range") or "24h"
     topic = _param(request, "topic")
     async with _dash(request).reading() as view:
@@ -168,12 +171,17 @@ async def chain(request: Request) -> Response:
             found = await view.index.by_id(chain_id)
             if found is not None and found.correlation_id not in (None, chain_id):
                 return RedirectResponse(
-                    f"{_base(request)}/chains/{found.correlation_id}?highlight={chain_id}",
+                    f"{_base(request)}/chains/{segment(found.correlation_id)}?highlight={segment(chain_id)}",
                     status_code=303,
                 )
         result = await view.chain(chain_id)
-    svg = chain_svg(result, base=_base(request), highlight=_param(request, "highlight"))
-    return render(request, "chain.html", {"nav": "chains", "chain": result, "svg": svg})
+    svg = chain_svg(
+        result, base=_base(request), highlight=_param(request, "highlight"), limit=CHAIN_DRAWN
+    )
+    drawn = min(len(result.walk()), CHAIN_DRAWN)
+    return render(
+        request, "chain.html", {"nav": "chains", "chain": result, "svg": svg, "drawn": drawn}
+    )
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import html
 import re
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from localbroker import Broker, Event
 from localbroker.dashboard import create_app
+from localbroker.dashboard.pages import CHAIN_DRAWN
 from localbroker.dashboard.queries import list_events
 from localbroker.log.repair import repair
 from localbroker.state.event_index import EventQuery
@@ -18,6 +21,7 @@ from localbroker.state.store import StateStore
 from localbroker.view import BrokerView
 from tests.broker.damage import damage_record, stall_reader, write_notes
 from tests.dashboard.conftest import SCRIPT, Blog, client_for, fill
+from tests.dashboard.test_system import sync_state
 
 
 def csrf_of(html: str) -> str:
@@ -279,7 +283,10 @@ async def test_dlq_entry_page_shows_attempts(filled) -> None:
 async def test_subscribers_analytics_and_system(filled) -> None:
     data, _ = filled
     store = await StateStore.open(data / "state.db")
-    await store.set_value("sync.redis", {"position": 4, "lag": 0})
+    await store.set_value(
+        "sync.status.redis",
+        {"kind": "redis", "connected": True, "cursor": 4, "running": True, "updated": time.time()},
+    )
     await store.close()
     async with client_for(create_app(data)) as client:
         subs = await client.get("/subscribers")
@@ -300,8 +307,8 @@ async def test_subscribers_analytics_and_system(filled) -> None:
     assert len(handlers) == 2  # search and comments receive blog.post_created
     assert "2 tries: 2" in topic.text
     assert "1 try: 2" in topic.text
-    assert "sync.redis" in system.text
-    assert "position" in system.text
+    assert sync_state(system.text, "redis") == "connected"
+    assert "<th>cursor</th><td>4</td>" in system.text
     assert system.text.count("not configured") == 1  # the archive
 
 
@@ -429,3 +436,37 @@ async def test_cookies_hold_no_secret_a_reader_could_reuse(filled) -> None:
     assert login.headers["set-cookie"].startswith("localbroker_token=")
     assert csrf_of(page.text) not in readable
     assert forged.status_code == 403
+
+
+class Shipped(Event, topic="order.shipped"):
+    n: int
+
+
+async def test_chain_ids_with_a_slash_are_linked_encoded(tmp_path: Path) -> None:
+    root = "orders/1700000000000-0"  # an id as inbound Redis events have
+    async with Broker(tmp_path) as broker:
+        await broker.publish(Shipped(n=0, id=root, correlation_id=root))
+        await broker.publish(Shipped(n=1, correlation_id=root, causation_id=root))
+    async with client_for(create_app(tmp_path)) as client:
+        events = await client.get("/events")
+        chain = await client.get("/chains/orders%2F1700000000000-0")
+        by_form = await client.get("/chains", params={"id": root})
+    assert 'href="/chains/orders%2F1700000000000-0"' in events.text
+    assert chain.status_code == 200
+    assert chain.text.count('class="node state-') == 2
+    assert by_form.status_code == 303
+    assert by_form.headers["location"] == "/chains/orders%2F1700000000000-0"
+
+
+async def test_a_chain_beyond_the_drawing_limit_says_how_much_is_drawn(tmp_path: Path) -> None:
+    size = CHAIN_DRAWN + 7
+    async with Broker(tmp_path) as broker:
+        first = await broker.publish(Shipped(n=0))
+        await broker.publish_many(
+            Shipped(n=n, correlation_id=first.id, causation_id=first.id) for n in range(1, size)
+        )
+    async with client_for(create_app(tmp_path)) as client:
+        page = await client.get(f"/chains/{first.id}")
+    assert f"{CHAIN_DRAWN} of {size} events shown in the drawing" in page.text
+    assert page.text.count('class="node state-') == CHAIN_DRAWN
+    assert page.text.count("<tr data-event-id=") == size
