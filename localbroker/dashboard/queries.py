@@ -33,7 +33,6 @@ __all__ = [
     "event_detail",
     "list_events",
     "parse_time",
-    "shown",
     "sync_rows",
     "topic_analytics",
     "topic_stats",
@@ -367,7 +366,7 @@ TIME_KEYS = ("updated", "last_upload")
 """Status fields holding seconds since the epoch (besides those ending in ``_at``)."""
 
 
-def shown(key: str, value: Any) -> str:
+def _shown(key: str, value: Any) -> str:
     """A stored status value as words: times formatted (UTC), yes/no, "-" for nothing."""
     if value is None:
         return "-"
@@ -380,9 +379,9 @@ def shown(key: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, list):
-        return ", ".join(shown(key, v) for v in value) or "-"
+        return ", ".join(_shown(key, v) for v in value) or "-"
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {shown(k, v)}" for k, v in value.items()) or "-"
+        return "; ".join(f"{k}: {_shown(k, v)}" for k, v in value.items()) or "-"
     return str(value)
 
 
@@ -416,7 +415,7 @@ def sync_rows(
         else:
             state = "connected" if status.get("connected") else "disconnected"
         hidden = {"name", "connected", "running"}
-        fields = [(k, shown(k, v)) for k, v in status.items() if k not in hidden]
+        fields = [(k, _shown(k, v)) for k, v in status.items() if k not in hidden]
         rows.append(SyncRow(name, state, age, fields))
     return rows
 

@@ -171,7 +171,7 @@ class HostGuard:
             await self.app(scope, receive, send)
             return
         host = Request(scope).headers.get("host", "")
-        name = host_name(host)
+        name = _host_name(host)
         if name in self.hosts:
             await self.app(scope, receive, send)
             return
@@ -183,7 +183,7 @@ class HostGuard:
         await response(scope, receive, send)
 
 
-def host_name(host: str) -> str:
+def _host_name(host: str) -> str:
     """The name or address of a ``Host`` header, without its port or IPv6 brackets."""
     if host.startswith("["):
         return host[1 : host.find("]")].lower() if "]" in host else host.lower()
