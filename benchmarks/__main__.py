@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 # bench_log.py runs on its own: python benchmarks/bench_log.py
-AREAS = ["core", "sync", "archive", "dashboard"]
+AREAS = ["core", "sync", "archive", "dashboard", "testing"]
 
 
 def print_rows(rows: list[dict[str, Any]], title: str = "localbroker benchmarks") -> None:

@@ -26,6 +26,7 @@ from localbroker.broker.context import chain_scope
 from localbroker.broker.delivery import DeliveryContext
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health, Stall, SubscriberHealth
+from localbroker.broker.middleware import DeliverNext, Middleware, PublishNext
 from localbroker.broker.router import Router
 from localbroker.config import BrokerConfig, FsyncPolicy, MissingState, RetryPolicy, StartFrom
 from localbroker.errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "CorruptLogError",
     "DLQEntry",
     "DeadLetterQueue",
+    "DeliverNext",
     "DeliveryContext",
     "DeliveryState",
     "ErrorRecord",
@@ -74,10 +76,12 @@ __all__ = [
     "Health",
     "LocalBrokerError",
     "LogLockedError",
+    "Middleware",
     "MissingExtraError",
     "MissingState",
     "MissingStateError",
     "NotFoundError",
+    "PublishNext",
     "PublishResult",
     "RejectEvent",
     "RetryPolicy",

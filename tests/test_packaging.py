@@ -51,6 +51,10 @@ def extras_of(module: str) -> tuple[str, ...]:
         return ("nats",)
     if module == "localbroker.alerts.sender":
         return ("alerts",)
+    if module == "localbroker.testing.pytest_plugin":
+        return ("testing",)
+    if module == "localbroker.integrations.fastapi":
+        return ("fastapi",)
     return ()
 
 
@@ -97,7 +101,18 @@ def test_extras_name_only_what_is_installed() -> None:
 
 @pytest.mark.parametrize(
     "extras",
-    [(), ("redis",), ("mongo",), ("postgres",), ("nats",), ("s3",), ("dashboard",), ("alerts",)],
+    [
+        (),
+        ("redis",),
+        ("mongo",),
+        ("postgres",),
+        ("nats",),
+        ("s3",),
+        ("dashboard",),
+        ("alerts",),
+        ("testing",),
+        ("fastapi",),
+    ],
     ids=lambda e: e[0] if e else "base",
 )
 def test_each_install_imports_its_modules(extras: tuple[str, ...]) -> None:
@@ -149,6 +164,7 @@ def test_readme_first_command_works_with_the_base_install(tmp_path: Path) -> Non
         ("from localbroker.sync import PostgresStore", "postgres"),
         ("from localbroker.sync import NatsJetStream", "nats"),
         ("import localbroker.dashboard", "dashboard"),
+        ("from localbroker.integrations.fastapi import lifespan", "fastapi"),
         ("from localbroker import Alerts; Alerts(url='https://hooks.example.com/x')", "alerts"),
         (
             "from localbroker.schemas import sample; from localbroker import Event; sample(Event)",

@@ -17,11 +17,13 @@ from types import TracebackType
 from typing import Any, Protocol, TypedDict, TypeVar, Unpack, runtime_checkable
 
 from localbroker.broker.chains import Chain, build_chain
+from localbroker.broker.clock import Clock, LoopClock
 from localbroker.broker.context import current_scope
 from localbroker.broker.delivery import Handler, HandlerSpec
 from localbroker.broker.dlq import DeadLetterQueue
 from localbroker.broker.health import Health
 from localbroker.broker.indexer import EventIndexer
+from localbroker.broker.middleware import Middleware, PublishNext, chain_publish, overrides
 from localbroker.broker.positions import handed_out
 from localbroker.broker.router import Router
 from localbroker.broker.subscriber import SubscriberRuntime, Subscription
@@ -147,7 +149,10 @@ class Broker:
     Options (``ack_timeout``, ``max_tries``, ``fsync``, ``segment_bytes``, ...) are those of
     :class:`~localbroker.config.BrokerConfig`, given as keywords or ``config=``.
     ``sync=[...]`` attaches sync targets (``localbroker.sync``); they are extensions like any
-    other, started after the broker and stopped before it.
+    other, started after the broker and stopped before it. ``clock=`` replaces the event
+    loop's clock in the delivery timers (retry backoff, ack deadlines): tests pass a
+    :class:`~localbroker.testing.FakeClock`. ``middleware=[...]`` wraps publishing and
+    deliveries (see :meth:`add_middleware`).
     """
 
     def __init__(
@@ -157,6 +162,8 @@ class Broker:
         config: BrokerConfig | None = None,
         extensions: Sequence[Extension] = (),
         sync: Sequence[Extension] = (),
+        clock: Clock | None = None,
+        middleware: Sequence[Middleware] = (),
         **options: Any,
     ) -> None:
         if config is not None and options:
@@ -168,6 +175,13 @@ class Broker:
         self.config = config
         self.data_dir = Path(config.data_dir)
         self.extensions = [*extensions, *sync]
+        self._clock = clock
+        self._middleware: list[Middleware] = []
+        self._publish_chain: PublishNext | None = None
+        self.delivery_middleware: tuple[Middleware, ...] = ()
+        """The middleware that wraps deliveries, outermost first (see :meth:`add_middleware`)."""
+        for mw in middleware:
+            self.add_middleware(mw)
         self._subscriptions: dict[str, Subscription] = {}
         self._runtimes: dict[str, SubscriberRuntime] = {}
         self._log: CommitLog | None = None
@@ -287,6 +301,27 @@ class Broker:
             self._tasks.append(task)
         return subscription
 
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Wrap publishing and each delivery in ``middleware`` (see :class:`Middleware`).
+
+        Middleware runs in the order it was added, the first added outermost: it sees the
+        events first, and the results or exception last. Adding the same object again
+        changes nothing. Takes effect for the next publish and the next try.
+        """
+        if any(mw is middleware for mw in self._middleware):
+            return
+        self._middleware.append(middleware)
+        publishing = [mw for mw in self._middleware if overrides(mw, "publish")]
+        self._publish_chain = (
+            chain_publish(publishing, self._publish_through) if publishing else None
+        )
+        self.delivery_middleware = tuple(mw for mw in self._middleware if overrides(mw, "deliver"))
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        """The middleware added, outermost first."""
+        return list(self._middleware)
+
     def upcaster(self, topic: str, *, from_version: int) -> Callable[[U], U]:
         """Decorator registering an upcaster: ``topic``'s payload from ``from_version`` to the next.
 
@@ -363,10 +398,10 @@ class Broker:
         If anything fails, whatever was opened is released (files, threads, the writer lock)
         before the error is raised.
         """
-        if self._started:
-            return
         if self._closed:
-            raise BrokerStateError("a closed broker cannot be started again; create a new one")
+            await self._reset_after_close()
+        elif self._started:
+            return
         self.registry.check()  # event classes without upcasters between their versions
         cfg = self.config
         self._loop = asyncio.get_running_loop()
@@ -396,6 +431,32 @@ class Broker:
             self.log.next_offset,
             len(self._runtimes),
         )
+
+    async def _reset_after_close(self) -> None:
+        """Make a closed broker startable again (a second ``async with broker:``).
+
+        What belonged to the last run (files, tasks, threads, queues) is dropped; what the
+        application declared (subscriptions, classes, upcasters, middleware) stays. The last
+        run's close may still be going on (started by a handler's ``SystemExit``): wait for it.
+        """
+        closing = self._closing
+        if closing is not None and not closing.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(closing)
+        self._started = self._closed = False
+        self._closing = None
+        self._tasks = []
+        self._runtimes = {}
+        self._log = self._store = self._index = None
+        self._writer = None
+        self._indexer = None
+        self.cold_reader = None
+        self._recreate_from = None
+        self._handler_exit = None
+        self._owner_cancelled = False
+        self.visible_offset = 0
+        self._io.shutdown(wait=False)  # shut down by the close already (or never used)
+        self._io = ThreadPoolExecutor(2, thread_name_prefix="localbroker-io")
 
     async def _open(self) -> None:
         cfg = self.config
@@ -688,6 +749,14 @@ class Broker:
         event's chain (correlation id) with the handled event as its cause.
         """
         prepared = self._prepare(event, data, key=key, headers=headers)
+        if self._publish_chain is not None:
+            results = await self._publish_chain([prepared])
+            if not results:
+                raise ConfigurationError(
+                    f"a publish middleware returned no result for event {prepared.id}: "
+                    "return what call_next returned"
+                )
+            return results[0]
         payload = encode_event(prepared)
         now = time.time()
         offset = await self._append([(int(now * 1000), payload)], [_meta(prepared, now)])
@@ -698,6 +767,20 @@ class Broker:
         prepared = [self._prepare(e, None) for e in events]
         if not prepared:
             return []
+        if self._publish_chain is not None:
+            return await self._publish_chain(prepared)
+        return await self._write(prepared)
+
+    async def _publish_through(self, events: list[Event]) -> list[PublishResult]:
+        """The end of the publish middleware chain: what it passes on is prepared again (an
+        event a middleware made joins the chain too), then written."""
+        if not isinstance(events, list) or not all(isinstance(e, Event) for e in events):
+            raise SerializationError(
+                f"publish middleware passed on {events!r}; call_next takes a list of events"
+            )
+        return await self._write([self._prepare(e, None) for e in events])
+
+    async def _write(self, prepared: list[Event]) -> list[PublishResult]:
         # The record's timestamp is the append time (not the event's own time, which an
         # inbound synced event keeps from its origin), so it grows with the offset.
         now = time.time()
@@ -854,6 +937,15 @@ class Broker:
         return self._store
 
     @property
+    def clock(self) -> Clock:
+        """The clock of the delivery timers: the one given, else the running loop's."""
+        if self._clock is not None:
+            return self._clock
+        if self._loop is None:
+            raise BrokerStateError.not_running()
+        return LoopClock(self._loop)
+
+    @property
     def subscriptions(self) -> dict[str, Subscription]:
         """Registered subscriptions by name."""
         return dict(self._subscriptions)
@@ -904,22 +996,34 @@ class Broker:
         :class:`SubscriberStalledError` as soon as a subscriber cannot read the log on (a
         damaged record: it would never become idle).
         """
-        assert self._idle_event is not None
         async with asyncio.timeout(timeout):
-            while not all(r.idle for r in self._runtimes.values()):
-                if self._closing is not None:
-                    raise BrokerStateError(
-                        f"the broker on {self.data_dir} was closed while waiting for it to be idle"
-                    ) from self._handler_exit
-                for runtime in self._runtimes.values():
-                    if runtime.stall is not None:
-                        raise SubscriberStalledError(
-                            runtime.name, runtime.stall.position, runtime.stall.cause
-                        )
-                self._idle_event.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.05):
-                        await self._idle_event.wait()
+            while not self._idle():
+                await self._wait_for_progress(0.05)
+
+    def _idle(self) -> bool:
+        """Every subscriber has handled everything; raises if one never will (see wait_idle)."""
+        if self._idle_event is None:
+            raise BrokerStateError.not_running()
+        if all(r.idle for r in self._runtimes.values()):
+            return True
+        if self._closing is not None:
+            raise BrokerStateError(
+                f"the broker on {self.data_dir} was closed while waiting for it to be idle"
+            ) from self._handler_exit
+        for runtime in self._runtimes.values():
+            if runtime.stall is not None:
+                raise SubscriberStalledError(
+                    runtime.name, runtime.stall.position, runtime.stall.cause
+                )
+        return False
+
+    async def _wait_for_progress(self, at_most: float) -> None:
+        """Return when a delivery finishes, or after ``at_most`` seconds."""
+        assert self._idle_event is not None
+        self._idle_event.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(at_most):
+                await self._idle_event.wait()
 
     def _delivery_finished(self) -> None:
         if self._idle_event is not None:

@@ -10,6 +10,8 @@ import typing
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from localbroker.broker.clock import Clock
+from localbroker.broker.dependencies import dependency_parameters, inject
 from localbroker.errors import ConfigurationError
 from localbroker.events import Event, GenericEvent
 from localbroker.topics import TopicPattern
@@ -39,8 +41,8 @@ class Delivery:
 class HandlerCall:
     """One try of a handler: the task awaiting it and its ack deadline (internal bookkeeping).
 
-    The subscriber's ack watchdog cancels ``task`` once ``deadline`` (loop time) has passed.
-    One object per try, so that a late ``extend()`` from the thread of an abandoned try can
+    The subscriber's ack watchdog cancels ``task`` once ``deadline`` (its clock's time) has
+    passed. One object per try, so that a late ``extend()`` from the thread of an abandoned try can
     never touch the deadline of a later one.
     """
 
@@ -73,7 +75,7 @@ class DeliveryContext:
     __slots__ = (
         "_ack_timeout",
         "_call",
-        "_loop",
+        "_clock",
         "attempt",
         "broker",
         "envelope",
@@ -92,7 +94,7 @@ class DeliveryContext:
         envelope: dict[str, Any],
         ack_timeout: float,
         call: HandlerCall,
-        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
         broker: Broker,
     ) -> None:
         self.broker = broker
@@ -110,7 +112,7 @@ class DeliveryContext:
         before any upcasting."""
         self._ack_timeout = ack_timeout
         self._call = call
-        self._loop = loop
+        self._clock = clock
 
     def extend(self, seconds: float | None = None) -> None:
         """Renew the ack timer: the handler gets ``seconds`` (default: ``ack_timeout``) more.
@@ -118,9 +120,9 @@ class DeliveryContext:
         Safe to call from a plain ``def`` handler running in a thread.
         """
         delay = self._ack_timeout if seconds is None else seconds
-        # loop.time() is monotonic and an attribute assignment is atomic: safe from a thread.
+        # Clock.time() is safe from a thread and an attribute assignment is atomic.
         # After the try ended the call is no longer watched, and this changes nothing.
-        self._call.deadline = self._loop.time() + delay
+        self._call.deadline = self._clock.time() + delay
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +137,8 @@ class HandlerSpec:
     """
 
     fn: Handler
+    call: Handler
+    """What a delivery calls: ``fn``, or ``fn`` with its ``Depends`` parameters resolved."""
     event_types: tuple[type[Event], ...]
     """The event classes of the annotation (empty when untyped)."""
     by_topic: dict[str, type[Event]]
@@ -149,10 +153,12 @@ class HandlerSpec:
         if not callable(fn):
             raise ConfigurationError(f"handler {fn!r} is not callable")
         name = getattr(fn, "__qualname__", fn)
+        signature = list(inspect.signature(fn).parameters.values())
+        dependencies = dependency_parameters(fn, signature)
         params = [
             p
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            for p in signature
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in dependencies
         ]
         if not 1 <= len(params) <= 2:
             raise ConfigurationError(
@@ -184,6 +190,7 @@ class HandlerSpec:
         )
         return cls(
             fn=fn,
+            call=inject(fn) if dependencies else fn,
             event_types=event_types,
             by_topic=by_topic,
             catch_all=GenericEvent if catch_all is Event else catch_all,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from localbroker.broker.clock import Clock, Timer
 from localbroker.broker.context import enter_handler, leave_handler
 from localbroker.broker.delivery import (
     Delivery,
@@ -23,6 +24,7 @@ from localbroker.broker.delivery import (
     HandlerSpec,
 )
 from localbroker.broker.health import Stall, SubscriberHealth
+from localbroker.broker.middleware import chain_deliver
 from localbroker.broker.threads import HandlerThreads
 from localbroker.config import BrokerConfig, RetryPolicy, SubscriberConfig
 from localbroker.errors import (
@@ -32,7 +34,7 @@ from localbroker.errors import (
     RejectEvent,
     SerializationError,
 )
-from localbroker.events import decode_envelope
+from localbroker.events import Event, decode_envelope
 from localbroker.log.recovery import REPAIR_HINT
 from localbroker.state.store import SubscriberState
 from localbroker.topics import TopicPattern
@@ -148,7 +150,8 @@ class SubscriberRuntime:
         self.dirty = True
         self._space = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._timers: set[asyncio.TimerHandle] = set()
+        self.clock: Clock = broker.clock
+        self._timers: set[Timer] = set()
         self._calls: set[HandlerCall] = set()  # tries running now, watched by _ack_timer
         # Plain def handlers run in threads of the subscriber's own, never in the event loop's
         # default executor: a hung one must not hold back other subscribers or the broker.
@@ -231,6 +234,18 @@ class SubscriberRuntime:
             and not self._redelivery_check.is_set()
             and not self._checking_redeliveries
             and self.running == 0
+            and self.position >= self.broker.visible_offset
+        )
+
+    @property
+    def settled(self) -> bool:
+        """Nothing runs, is ready to run or is left to read: only a timer (a retry's backoff)
+        can move this subscriber on (``TestBroker.drain`` then moves a fake clock)."""
+        return (
+            self.running == 0
+            and self.ready.empty()
+            and not self._redelivery_check.is_set()
+            and not self._checking_redeliveries
             and self.position >= self.broker.visible_offset
         )
 
@@ -423,10 +438,10 @@ class SubscriberRuntime:
         ``ack_timeout``, so a timeout fires at most 10% late.
         """
         interval = min(max(self.ack_timeout / 10, 0.005), 0.5)
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
+            await clock.sleep(interval)
+            now = clock.time()
             for call in list(self._calls):
                 if call.deadline <= now and not call.expired:
                     call.expired = True
@@ -436,13 +451,12 @@ class SubscriberRuntime:
         spec = self.sub.handler
         envelope = d.envelope
         attempt = d.tries + 1
-        loop = asyncio.get_running_loop()
         token = enter_handler(envelope["id"], envelope.get("correlation_id"), self.name)
         started = time.perf_counter()
         # A def handler's ack timer starts when a thread takes it up, not while it waits for
         # one (behind a hung handler): waiting must not burn its tries.
         call = HandlerCall(
-            task, loop.time() + self.ack_timeout if self.threads is None else math.inf
+            task, self.clock.time() + self.ack_timeout if self.threads is None else math.inf
         )
         self._calls.add(call)
         job: Future[None] | None = None
@@ -460,8 +474,9 @@ class SubscriberRuntime:
                 )
             # Upcast to the version of the class the handler takes (never stored back).
             event = self.broker.registry.to_event(envelope, event_class)
-            args: tuple[Any, ...] = (event,)
-            if spec.wants_context:
+            middleware = self.broker.delivery_middleware
+            context: DeliveryContext | None = None
+            if spec.wants_context or middleware:
                 context = DeliveryContext(
                     subscriber=self.name,
                     offset=d.offset,
@@ -470,19 +485,28 @@ class SubscriberRuntime:
                     envelope=envelope,
                     ack_timeout=self.ack_timeout,
                     call=call,
-                    loop=loop,
+                    clock=self.clock,
                     broker=self.broker,
                 )
-                args = (event, context)
-            if self.threads is None:
-                await spec.fn(*args)  # type: ignore[misc]
-            else:
+
+            async def call_handler(event: Event) -> None:
+                nonlocal job
+                args = (event, context) if spec.wants_context else (event,)
+                if self.threads is None:
+                    await spec.call(*args)  # type: ignore[misc]
+                    return
                 # In a copy of this context, so events the handler publishes join the chain.
                 run = contextvars.copy_context().run
                 job = self.threads.submit(
-                    run, _call_in_thread, loop, call, self.ack_timeout, spec.fn, args
+                    run, _call_in_thread, self.clock, call, self.ack_timeout, spec.call, args
                 )
                 await asyncio.wrap_future(job)
+
+            if middleware:
+                assert context is not None
+                await chain_deliver(middleware, context, call_handler)(event)
+            else:
+                await call_handler(event)
         except asyncio.CancelledError as exc:
             if task.cancelling() > call.expired:
                 raise  # the broker is stopping: the delivery stays in flight
@@ -582,13 +606,13 @@ class SubscriberRuntime:
         if delay <= 0:
             self.ready.put_nowait(d)
             return
-        handle: asyncio.TimerHandle
+        handle: Timer
 
         def requeue() -> None:
             self._timers.discard(handle)
             self.ready.put_nowait(d)
 
-        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        handle = self.clock.call_later(delay, requeue)
         self._timers.add(handle)
 
     def _prune_done(self) -> None:
@@ -615,13 +639,13 @@ class SubscriberRuntime:
 
 
 def _call_in_thread(
-    loop: asyncio.AbstractEventLoop,
+    clock: Clock,
     call: HandlerCall,
     ack_timeout: float,
     fn: Handler,
     args: tuple[Any, ...],
 ) -> None:
     """Run a plain def handler in its thread, starting its ack timer now."""
-    # loop.time() is monotonic and an attribute assignment is atomic: safe from a thread.
-    call.deadline = loop.time() + ack_timeout
+    # Clock.time() is safe from a thread and an attribute assignment is atomic.
+    call.deadline = clock.time() + ack_timeout
     fn(*args)

@@ -189,6 +189,8 @@ async def test_reused_id_with_other_data_is_logged_and_dropped(
             await wait_until(lambda: target.inbound.ledger.received == 1)
             add(1)  # the same event sent again: a duplicate, silently dropped
             other = add(2)  # another event under the same id
+            # Entries not read yet are not pending either: wait for both to be counted.
+            await wait_until(lambda: target.inbound.ledger.duplicates == 2, what="both counted")
             await wait_until(lambda: rclient.xpending(STREAM, "shop")["pending"] == 0)
             status = target.status()["inbound"]
         assert status["duplicates_dropped"] == 2

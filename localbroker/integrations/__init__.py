@@ -1,0 +1,1 @@
+"""Integrations with web frameworks: :mod:`localbroker.integrations.fastapi` (extra ``fastapi``)."""
