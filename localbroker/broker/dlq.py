@@ -88,6 +88,12 @@ class DeadLetterQueue:
             return [(await self.retry(int(args["id"]))).id]
         if action == "dlq.discard":
             return [(await self.discard(int(args["id"]))).id]
+        if action in ("dlq.retry_ids", "dlq.discard_ids"):
+            # Exactly the entries an operator confirmed (the dashboard's bulk buttons): all
+            # of them or, if one is not dead any more, none (the caller runs this in one
+            # transaction).
+            act = self.retry if action == "dlq.retry_ids" else self.discard
+            return [(await act(int(i))).id for i in args["ids"]]
         if action == "dlq.retry_all":
             entries = await self.retry_all(
                 subscriber=args.get("subscriber"), topic=args.get("topic")

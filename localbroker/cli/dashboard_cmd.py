@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import click
@@ -29,7 +30,15 @@ __all__ = ["dashboard"]
     help="Require this token on every request; needed to bind beyond localhost "
     "(env LOCALBROKER_DASHBOARD_TOKEN).",
 )
-def dashboard(data: Path, host: str | None, port: int | None, token: str | None) -> None:
+@click.option(
+    "--show-token",
+    is_flag=True,
+    help="Print the address with ?token=... (by default the token is not printed, so it "
+    "stays out of terminal logs).",
+)
+def dashboard(
+    data: Path, host: str | None, port: int | None, token: str | None, show_token: bool
+) -> None:
     """Serve the dashboard: events, chains, errors, the DLQ, subscribers, analytics.
 
     It reads the directory beside a running broker and sends DLQ actions to it.
@@ -39,7 +48,6 @@ def dashboard(data: Path, host: str | None, port: int | None, token: str | None)
     try:
         require_extra("localbroker dashboard", "dashboard", "uvicorn")
         from localbroker.dashboard import create_app, load_dashboard_config
-        from localbroker.dashboard.config import is_loopback
 
         config = load_dashboard_config(**given(host=host, port=port, token=token))
     except LocalBrokerError as exc:  # a missing extra or a bad option
@@ -48,13 +56,27 @@ def dashboard(data: Path, host: str | None, port: int | None, token: str | None)
 
     if not (data / "log").is_dir():
         raise click.ClickException(f"{data} holds no localbroker log (no {data / 'log'})")
-    local = is_loopback(config.host)
     app = create_app(
         data,
         token=config.token,
-        # Without a token, only accept this machine's own names: no DNS rebinding.
-        allowed_hosts=["127.0.0.1", "localhost", "::1"] if local and config.token is None else None,
+        allowed_hosts=config.allowed_hosts(),
+        stale_after=config.stale_after,
     )
-    query = f"/?token={config.token}" if config.token else "/"
-    click.echo(f"localbroker dashboard of {data}: http://{config.host}:{config.port}{query}")
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    host = config.host.strip("[]")
+    try:
+        # Bound here, before anything is printed: a port in use or an address this machine
+        # does not have is a clear error, and with --port 0 the line names the real port.
+        sock = socket.create_server((host, config.port), family=_family(host))
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host} port {config.port}: {exc}") from exc
+    bound = config.model_copy(update={"port": sock.getsockname()[1]})
+    line = f"localbroker dashboard of {data}: {bound.url(show_token=show_token)}"
+    if config.token and not show_token:
+        line += " (open it once with ?token=<your token>; --show-token prints it here)"
+    click.echo(line)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -12,7 +12,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -22,7 +21,8 @@ from starlette.templating import Jinja2Templates
 from localbroker.dashboard import pages
 from localbroker.dashboard.live import ChangeFeed
 from localbroker.dashboard.queries import ThroughputMeter
-from localbroker.dashboard.security import SecurityHeaders, TokenGuard
+from localbroker.dashboard.security import HostGuard, OriginGuard, SecurityHeaders, TokenGuard
+from localbroker.dashboard.svg import segment
 from localbroker.errors import ConfigurationError, NotFoundError
 from localbroker.view import BrokerView
 
@@ -76,9 +76,19 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
 
 
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=HERE / "templates")  # autoescape on
-    templates.env.filters.update(time=_time, ms=_ms)
+    templates.env.filters.update(time=_time, ms=_ms, ago=_ago, segment=segment)
     return templates
 
 
@@ -93,13 +103,17 @@ def create_app(
     token: str | None = None,
     secret_key: str | None = None,
     allowed_hosts: list[str] | None = None,
+    stale_after: float = 10.0,
 ) -> Starlette:
     """The dashboard of the broker data directory ``data_dir``, as a Starlette app.
 
     It only reads the directory (the broker may run in another process) and follows its
     changes live. ``token``: required on every request when given. ``secret_key`` signs the
-    session cookie holding the CSRF token (default: random per process). ``allowed_hosts``:
-    Host header values accepted (e.g. ``["127.0.0.1", "localhost"]`` against DNS rebinding).
+    session cookie and keys the HMACs that stand for the CSRF token and the access token in
+    cookies (default: random per process, so cookies end with the process). ``allowed_hosts``:
+    Host header values accepted (e.g. ``["127.0.0.1", "localhost", "::1"]`` against DNS
+    rebinding). Every state-changing request must come from the dashboard's own origin.
+    ``stale_after``: seconds after which a sync status not refreshed is shown as stale.
 
     Mount it inside an application's own ASGI app::
 
@@ -107,15 +121,17 @@ def create_app(
         app.router.routes.append(Mount("/broker", app=create_app("./data")))
     """
     dashboard = Dashboard(Path(data_dir))
+    secret = (secret_key or secrets.token_urlsafe(32)).encode()
     middleware = [Middleware(SecurityHeaders)]
     if allowed_hosts:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+        middleware.append(Middleware(HostGuard, hosts=allowed_hosts))
+    middleware.append(Middleware(OriginGuard))
     if token is not None:
-        middleware.append(Middleware(TokenGuard, token=token))
+        middleware.append(Middleware(TokenGuard, token=token, secret=secret))
     middleware.append(
         Middleware(
             SessionMiddleware,
-            secret_key=secret_key or secrets.token_urlsafe(32),
+            secret_key=secret.decode(),
             session_cookie="localbroker_session",
             same_site="strict",
         )
@@ -132,7 +148,7 @@ def create_app(
             Route("/events", pages.events, name="events"),
             Route("/events/{offset:int}", pages.event, name="event"),
             Route("/chains", pages.chains, name="chains"),
-            Route("/chains/{chain_id}", pages.chain, name="chain"),
+            Route("/chains/{chain_id:path}", pages.chain, name="chain"),  # ids may hold "/"
             Route("/errors", pages.errors, name="errors"),
             Route("/dlq", pages.dlq, name="dlq"),
             Route("/dlq/{entry_id:int}", pages.dlq_entry, name="dlq_entry"),
@@ -148,6 +164,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard
+    app.state.secret = secret
+    app.state.stale_after = stale_after
     app.state.templates = _templates()
     app.state.data_dir = Path(data_dir)
     return app

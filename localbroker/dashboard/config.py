@@ -11,7 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from localbroker.config import keywords, problems
 from localbroker.errors import ConfigurationError
 
-__all__ = ["DashboardConfig", "is_loopback", "load_dashboard_config"]
+__all__ = ["LOCAL_NAMES", "DashboardConfig", "is_loopback", "load_dashboard_config"]
+
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")
+"""Host names a dashboard bound to a loopback address always answers to."""
 
 
 def is_loopback(host: str) -> bool:
@@ -42,6 +45,9 @@ class DashboardConfig(BaseSettings):
     token: Annotated[str, Field(min_length=16)] | None = None
     """Shared secret checked on every request (header, or a cookie set by ``/?token=...``).
     At least 16 characters."""
+    stale_after: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds after which a sync target's status that was not refreshed is shown as stale
+    (a running target rewrites it every ``status_interval``, 1 s by default)."""
 
     @model_validator(mode="after")
     def _token_off_localhost(self) -> DashboardConfig:
@@ -51,6 +57,19 @@ class DashboardConfig(BaseSettings):
                 "give --token (or LOCALBROKER_DASHBOARD_TOKEN)"
             )
         return self
+
+    def allowed_hosts(self) -> list[str] | None:
+        """``Host`` header values to accept: without a token, this machine's own names and the
+        bound address (against DNS rebinding); with one, any (the token guards)."""
+        if self.token is not None:
+            return None
+        return list(dict.fromkeys([*LOCAL_NAMES, self.host.strip("[]")]))
+
+    def url(self, *, show_token: bool = False) -> str:
+        """The address to open, ``[...]`` around an IPv6 address; the token only if asked."""
+        host = f"[{self.host.strip('[]')}]" if ":" in self.host else self.host
+        query = f"?token={self.token}" if self.token and show_token else ""
+        return f"http://{host}:{self.port}/{query}"
 
 
 def load_dashboard_config(**overrides: Any) -> DashboardConfig:

@@ -12,18 +12,20 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from localbroker.broker.positions import ARCHIVE_STATE_KEY
 from localbroker.dashboard.live import live_fragments
 from localbroker.dashboard.queries import (
     RANGES,
     event_detail,
     list_events,
     parse_time,
+    sync_rows,
     topic_analytics,
     topic_stats,
     window_start,
 )
 from localbroker.dashboard.security import CSRF_FIELD, csrf_token, csrf_valid
-from localbroker.dashboard.svg import bar_chart, chain_svg
+from localbroker.dashboard.svg import bar_chart, chain_svg, segment
 from localbroker.errors import ConfigurationError, LocalBrokerError, NotFoundError
 from localbroker.state.coordination import read_processes
 from localbroker.state.event_index import EventQuery
@@ -43,6 +45,9 @@ DLQ_STATUSES = {
 }
 
 Context = dict[str, Any]
+
+CHAIN_DRAWN = 500
+"""Events of a chain drawn at most (the table under the drawing lists them all)."""
 
 
 def _dash(request: Request) -> Dashboard:
@@ -132,7 +137,7 @@ async def event(request: Request) -> Response:
 async def chains(request: Request) -> Response:
     chain_id = _param(request, "id")
     if chain_id is not None:
-        return RedirectResponse(f"{_base(request)}/chains/{chain_id}", status_code=303)
+        return RedirectResponse(f"{_base(request)}/chains/{segment(chain_id)}", status_code=303)
     range_name = _param(request, "range") or "24h"
     topic = _param(request, "topic")
     async with _dash(request).reading() as view:
@@ -167,12 +172,17 @@ async def chain(request: Request) -> Response:
             found = await view.index.by_id(chain_id)
             if found is not None and found.correlation_id not in (None, chain_id):
                 return RedirectResponse(
-                    f"{_base(request)}/chains/{found.correlation_id}?highlight={chain_id}",
+                    f"{_base(request)}/chains/{segment(found.correlation_id)}?highlight={segment(chain_id)}",
                     status_code=303,
                 )
         result = await view.chain(chain_id)
-    svg = chain_svg(result, base=_base(request), highlight=_param(request, "highlight"))
-    return render(request, "chain.html", {"nav": "chains", "chain": result, "svg": svg})
+    svg = chain_svg(
+        result, base=_base(request), highlight=_param(request, "highlight"), limit=CHAIN_DRAWN
+    )
+    drawn = min(len(result.walk()), CHAIN_DRAWN)
+    return render(
+        request, "chain.html", {"nav": "chains", "chain": result, "svg": svg, "drawn": drawn}
+    )
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -206,24 +216,47 @@ async def errors(request: Request) -> Response:
 # -- dead letter queue ----------------------------------------------------------------------
 
 
+DLQ_PAGE = 100
+"""Entries a DLQ page lists unless ``limit`` says otherwise (at most 500)."""
+
+
 async def dlq_context(request: Request) -> Context:
     status = _param(request, "status") or "open"
     if status not in DLQ_STATUSES:
         raise ConfigurationError(f"status {status!r}: one of {', '.join(DLQ_STATUSES)}")
+    order = _param(request, "order") or "newest"
+    if order not in ("newest", "oldest"):
+        raise ConfigurationError(f"order {order!r}: newest or oldest")
     subscriber, topic = _param(request, "subscriber"), _param(request, "topic")
+    limit = min(max(_int(request, "limit", DLQ_PAGE) or DLQ_PAGE, 1), 500)
+    beyond = _int(request, "after")
+    statuses = DLQ_STATUSES[status]
     async with _dash(request).reading() as view:
         entries = await view.store.dlq_entries(
-            subscriber=subscriber, topic=topic, status=DLQ_STATUSES[status], limit=500
+            subscriber=subscriber,
+            topic=topic,
+            status=statuses,
+            limit=limit,
+            newest_first=order == "newest",
+            beyond=beyond,
         )
+        total = await view.store.dlq_count(subscriber=subscriber, topic=topic, status=statuses)
         subscribers = [s.name for s in await view.store.subscribers()]
+    # The bulk buttons act on these ids, the dead entries of this page, and on nothing else.
+    dead = [e.id for e in entries if e.status == "dead"]
     return {
         "entries": entries,
+        "total": total,
         "subscribers": subscribers,
         "statuses": list(DLQ_STATUSES),
         "status": status,
+        "order": order,
         "subscriber": subscriber,
         "topic": topic,
-        "dead": sum(e.status == "dead" for e in entries),
+        "dead_ids": ",".join(map(str, dead)),
+        "dead": len(dead),
+        "next_url": _with(request, after=entries[-1].id) if len(entries) == limit else None,
+        "first_url": _with(request, after=None) if beyond is not None else None,
     }
 
 
@@ -242,14 +275,15 @@ async def dlq_entry(request: Request) -> Response:
 
 
 ACTIONS = {
-    "retry": ("dlq.retry", "dlq.retry_all", "retried"),
-    "discard": ("dlq.discard", "dlq.discard_all", "discarded"),
+    "retry": ("dlq.retry", "dlq.retry_ids", "retried"),
+    "discard": ("dlq.discard", "dlq.discard_ids", "discarded"),
 }
 
 
 async def dlq_action(request: Request) -> Response:
-    """POST ``/dlq/retry`` or ``/dlq/discard``: one entry (``id``) or all dead ones matching
-    ``subscriber``/``topic`` (``all=1``). Needs the session's CSRF token."""
+    """POST ``/dlq/retry`` or ``/dlq/discard``: one entry (``id``) or exactly the entries
+    listed in ``ids`` (comma-separated: those the operator saw and confirmed). All of them or,
+    if one is not dead any more, none. Needs the session's CSRF token."""
     wants_json = "application/json" in request.headers.get("accept", "")
     form = await request.form()
     submitted = form.get(CSRF_FIELD)
@@ -259,18 +293,18 @@ async def dlq_action(request: Request) -> Response:
         )
     if request.path_params["action"] not in ACTIONS:
         return _answer(request, wants_json, False, "unknown action", 404)
-    one, many, verb = ACTIONS[request.path_params["action"]]
+    one, listed, verb = ACTIONS[request.path_params["action"]]
     fields = {k: v for k, v in form.items() if isinstance(v, str) and v}
     try:
         async with _dash(request).reading() as view:
             pass  # opened; the action itself runs outside the lock (it may wait for the broker)
-        if fields.get("all"):
-            args = {"subscriber": fields.get("subscriber"), "topic": fields.get("topic")}
-            ids = await view.dlq_action(many, args)
+        if "ids" in fields:
+            chosen = [int(i) for i in fields["ids"].split(",")]
+            ids = await view.dlq_action(listed, {"ids": chosen})
         elif "id" in fields:
             ids = await view.dlq_action(one, {"id": int(fields["id"])})
         else:
-            return _answer(request, wants_json, False, "give an entry id or all=1", 400)
+            return _answer(request, wants_json, False, "give an entry id or a list of ids", 400)
     except (LocalBrokerError, ValueError) as exc:
         return _answer(request, wants_json, False, str(exc), 409)
     message = f"{verb} {len(ids)} entr{'y' if len(ids) == 1 else 'ies'}" + (
@@ -347,6 +381,7 @@ async def system(request: Request) -> Response:
     async with _dash(request).reading() as view:
         await view.refresh()
         segments = view.log.segments()
+        archive = await view.store.get_value(ARCHIVE_STATE_KEY)
         context = {
             "nav": "system",
             "data_dir": str(view.data_dir),
@@ -355,8 +390,9 @@ async def system(request: Request) -> Response:
             "segments": len(segments),
             "log_bytes": sum(s.size_bytes for s in segments),
             "indexed_to": None if view.index is None else await view.index.next_offset(),
-            "sync": await view.store.values("sync."),
-            "archive": await view.store.values("archive."),
+            "sync": sync_rows(await view.sync_status(), stale_after=request.app.state.stale_after),
+            "stale_after": request.app.state.stale_after,
+            "archive": archive if isinstance(archive, dict) else None,
         }
     return render(request, "system.html", context)
 

@@ -27,11 +27,13 @@ __all__ = [
     "EventDetail",
     "EventPage",
     "EventSchema",
+    "SyncRow",
     "ThroughputMeter",
     "TopicStats",
     "event_detail",
     "list_events",
     "parse_time",
+    "sync_rows",
     "topic_analytics",
     "topic_stats",
 ]
@@ -358,6 +360,64 @@ def _duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+TIME_KEYS = ("updated", "last_upload")
+"""Status fields holding seconds since the epoch (besides those ending in ``_at``)."""
+
+
+def _shown(key: str, value: Any) -> str:
+    """A stored status value as words: times formatted (UTC), yes/no, "-" for nothing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and (key.endswith("_at") or key in TIME_KEYS):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list):
+        return ", ".join(_shown(key, v) for v in value) or "-"
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_shown(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncRow:
+    """One sync target as the System page shows it."""
+
+    name: str
+    state: str
+    """``connected``, ``disconnected``, ``stopped`` (its broker closed it) or ``stale`` (not
+    rewritten within the bound: its broker is gone or hung, so what it says is old)."""
+    age: float | None
+    """Seconds since the status was written."""
+    fields: list[tuple[str, str]]
+    """The rest of the status, formatted."""
+
+
+def sync_rows(
+    statuses: dict[str, dict[str, Any]], *, stale_after: float, now: float | None = None
+) -> list[SyncRow]:
+    """The statuses sync targets persisted, judged by their age (see :class:`SyncRow`)."""
+    now = time.time() if now is None else now
+    rows = []
+    for name, status in sorted(statuses.items()):
+        updated = status.get("updated")
+        age = now - updated if isinstance(updated, int | float) else None
+        if not status.get("running", True):
+            state = "stopped"
+        elif age is None or age > stale_after:
+            state = "stale"
+        else:
+            state = "connected" if status.get("connected") else "disconnected"
+        hidden = {"name", "connected", "running"}
+        fields = [(k, _shown(k, v)) for k, v in status.items() if k not in hidden]
+        rows.append(SyncRow(name, state, age, fields))
+    return rows
 
 
 class ThroughputMeter:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from markupsafe import Markup, escape
 
 from localbroker.broker.chains import Chain
 
-__all__ = ["bar_chart", "chain_svg"]
+__all__ = ["bar_chart", "chain_svg", "segment"]
 
 NODE_W = 520
 NODE_H = 46
@@ -31,7 +32,8 @@ def chain_svg(chain: Chain, *, base: str, highlight: str | None = None, limit: i
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chain" role="img" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}">'
-        f"<title>chain {escape(chain.correlation_id)}: {len(chain)} events</title>"
+        f"<title>chain {escape(chain.correlation_id)}: {len(walk)} of {len(chain)} events "
+        "drawn</title>"
     ]
     for depth, node in walk:
         x, y = MARGIN + depth * INDENT, MARGIN + row[id(node)] * ROW_H
@@ -63,6 +65,12 @@ def chain_svg(chain: Chain, *, base: str, highlight: str | None = None, limit: i
         )
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def segment(text: str) -> str:
+    """``text`` as one path segment of a URL: ``/`` and everything else reserved encoded
+    (inbound Redis ids look like ``orders/1700000000000-0``)."""
+    return quote(text, safe="")
 
 
 def bar_chart(

@@ -916,16 +916,36 @@ class StateStore:
         topic: str | None = None,
         status: Sequence[str] = ("dead",),
         limit: int = 1000,
+        newest_first: bool = False,
+        beyond: int | None = None,
     ) -> list[DLQEntry]:
-        where, args = _filters(subscriber=subscriber, topic=topic)
-        if status:
-            where.append(f"status IN ({','.join('?' * len(status))})")
-            args.extend(status)
+        """Entries matching the filters, by id (oldest first unless ``newest_first``).
+
+        ``beyond``: only entries past this id in that order (the next page of a listing).
+        """
+        where, args = _dlq_filters(subscriber, topic, status)
+        if beyond is not None:
+            where.append("id < ?" if newest_first else "id > ?")
+            args.append(beyond)
         sql = "SELECT * FROM dlq" + (" WHERE " + " AND ".join(where) if where else "")
+        order = " ORDER BY id DESC" if newest_first else " ORDER BY id"
         rows = await self._all(
-            "read the DLQ", sql + " ORDER BY id LIMIT ?", (*args, limit), subscriber=subscriber
+            "read the DLQ", sql + order + " LIMIT ?", (*args, limit), subscriber=subscriber
         )
         return [_dlq(r) for r in rows]
+
+    async def dlq_count(
+        self,
+        *,
+        subscriber: str | None = None,
+        topic: str | None = None,
+        status: Sequence[str] = ("dead",),
+    ) -> int:
+        """How many entries match the filters (what :meth:`dlq_entries` would list unbounded)."""
+        where, args = _dlq_filters(subscriber, topic, status)
+        sql = "SELECT COUNT(*) FROM dlq" + (" WHERE " + " AND ".join(where) if where else "")
+        row = await self._one("count the DLQ", sql, args, subscriber=subscriber)
+        return int(row[0]) if row is not None else 0
 
     async def dlq_for(self, offsets: Sequence[int]) -> dict[tuple[str, int], DLQEntry]:
         """DLQ entries (any status) of the given offsets, keyed by (subscriber, offset)."""
@@ -1099,6 +1119,16 @@ def _describe(exc: sqlite3.Error) -> str:
     if "malformed" in str(exc) or "not a database" in str(exc):
         text += " (the file is damaged: see 'After damage' in the README)"
     return text
+
+
+def _dlq_filters(
+    subscriber: str | None, topic: str | None, status: Sequence[str]
+) -> tuple[list[str], list[Any]]:
+    where, args = _filters(subscriber=subscriber, topic=topic)
+    if status:
+        where.append(f"status IN ({','.join('?' * len(status))})")
+        args.extend(status)
+    return where, args
 
 
 def _filters(**equal: Any) -> tuple[list[str], list[Any]]:

@@ -6,8 +6,15 @@ are committed in docs/screenshots/); set LOCALBROKER_SCREENSHOTS to write them e
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.cookies
+import http.server
+import json
 import os
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,7 +150,10 @@ async def test_every_page_renders_without_script_errors(blog: Blog, browser: Bro
     await blog.post("second")
     await blog.broker.wait_idle()
     (entry,) = await blog.broker.dlq.list()
-    await blog.broker.store.set_value("sync.redis", {"position": 6, "lag": 0, "state": "running"})
+    await blog.broker.store.set_value(
+        "sync.status.redis",
+        {"kind": "redis", "connected": True, "cursor": 6, "running": True, "updated": time.time()},
+    )
     pages = {
         "events": ("/events", "Events"),
         "event": ("/events/1", "Event @1"),
@@ -158,12 +168,130 @@ async def test_every_page_renders_without_script_errors(blog: Blog, browser: Bro
         ),
         "system": ("/system", "System"),
     }
-    with serve(create_app(blog.broker.data_dir)) as url:
+    # The status above is written once: a loaded machine may take more than the default
+    # 10 s to reach the System page, which would then rightly call it stale.
+    with serve(create_app(blog.broker.data_dir, stale_after=3600)) as url:
         page, problems = await open_page(browser)
         for name, (path, heading) in pages.items():
             await page.goto(url + path)
             await expect(page.locator("h1")).to_contain_text(heading)
             await shot(page, name)
-        await expect(page.locator("#sync")).to_contain_text("sync.redis")
+        await expect(page.locator('#sync tr[data-sync="redis"] .sync-state')).to_have_text(
+            "connected"
+        )
         await expect(page.locator("#archive")).to_contain_text("not configured")
         assert problems == []
+
+
+async def test_bulk_discard_acts_on_exactly_what_the_dialog_counted(
+    blog: Blog, browser: Browser
+) -> None:
+    for n in range(25):
+        await blog.post(f"post {n}")
+    await blog.broker.wait_idle()
+    before = {e.id for e in await blog.broker.dlq.list()}
+    assert len(before) == 25
+    with serve(create_app(blog.broker.data_dir)) as url:
+        page, problems = await open_page(browser)
+        await page.goto(f"{url}/dlq?limit=10")
+        await expect(page.locator(".count")).to_have_text("25 match, 10 shown (newest first)")
+        shown = {
+            int(await r.get_attribute("data-entry") or 0)
+            for r in await page.locator("tr[data-entry]").all()
+        }
+        assert shown == set(sorted(before)[-10:])  # newest first
+        dialogs: list[str] = []
+
+        async def accept(dialog) -> None:  # type: ignore[no-untyped-def]
+            dialogs.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", accept)
+        await page.get_by_role("button", name="Discard the 10 dead shown").click()
+        await expect(page.locator("#flash")).to_contain_text(
+            "discarded 10 entries", timeout=WAIT_MS
+        )
+        assert dialogs == ["Discard the 10 dead entries listed on this page (25 match the filter)?"]
+        # The live list now shows the next ten; the older fifteen are all still dead.
+        await expect(page.locator(".count")).to_have_text(
+            "15 match, 10 shown (newest first)", timeout=WAIT_MS
+        )
+        await shot(page, "dlq-bulk")
+        assert problems == []
+    left = {e.id for e in await blog.broker.dlq.list()}
+    assert left == before - shown
+
+
+@contextlib.contextmanager
+def attacker(dashboard: str, entry: int) -> Iterator[tuple[str, list[str]]]:
+    """A page on another port of 127.0.0.1 that tries to discard ``entry`` on the dashboard.
+
+    Its server receives the dashboard's cookies (browsers send a host's cookies to every
+    port) and uses what it can read in them as the CSRF token, in a form POST and a fetch.
+    Yields its URL and the Cookie headers it received.
+    """
+    received: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            cookies = http.cookies.SimpleCookie(self.headers.get("cookie", ""))
+            received.append(self.headers.get("cookie", ""))
+            leaked = ""
+            if "localbroker_session" in cookies:
+                value = cookies["localbroker_session"].value.split(".")[0]
+                payload = base64.b64decode(value + "=" * (-len(value) % 4))
+                leaked = next(iter(json.loads(payload).values()), "")
+            action = f"{dashboard}/dlq/discard"
+            body = (
+                f'<!doctype html><form id="f" method="post" action="{action}">'
+                f'<input name="csrf" value="{leaked}"><input name="id" value="{entry}"></form>'
+                f"<script>fetch({json.dumps(action)}, {{method: 'POST', mode: 'no-cors', "
+                f"credentials: 'include', body: new URLSearchParams({{csrf: "
+                f"{json.dumps(leaked)}, id: '{entry}'}})}}).finally(() => "
+                "document.getElementById('f').submit());</script>"
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("token", [None, "cross-port-test-token"])
+async def test_a_page_on_another_port_cannot_discard(
+    blog: Blog, browser: Browser, token: str | None
+) -> None:
+    await blog.post("victim")
+    await blog.broker.wait_idle()
+    (entry,) = await blog.broker.dlq.list()
+    with serve(create_app(blog.broker.data_dir, token=token)) as url:
+        page, _ = await open_page(browser)
+        await page.goto(f"{url}/dlq" + (f"?token={token}" if token else ""))
+        await expect(page.locator(f'tr[data-entry="{entry.id}"]')).to_have_count(1)
+        with attacker(url, entry.id) as (evil, received):
+            await page.goto(evil)
+            # The form POST lands on the dashboard, which refuses it.
+            await expect(page.locator("body")).to_contain_text(
+                f"refused: a POST request from {evil.rstrip('/')}", timeout=WAIT_MS
+            )
+        assert page.url == f"{url}/dlq/discard"
+        assert "localbroker_session=" in received[0]  # the cookies did reach the other port
+        if token is not None:
+            assert "localbroker_token=" in received[0]
+            assert token not in received[0]
+        await page.goto(f"{url}/dlq")
+        await expect(page.locator(f'tr[data-entry="{entry.id}"] .status')).to_have_text("dead")
+    assert [e.id for e in await blog.broker.dlq.list()] == [entry.id]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import re
+import time
 from pathlib import Path
 
+import orjson
 import pytest
 
+from localbroker import Broker, Event
 from localbroker.dashboard import create_app
+from localbroker.dashboard.pages import CHAIN_DRAWN
 from localbroker.dashboard.queries import list_events
 from localbroker.log.repair import repair
 from localbroker.state.event_index import EventQuery
@@ -16,6 +21,7 @@ from localbroker.state.store import StateStore
 from localbroker.view import BrokerView
 from tests.broker.damage import damage_record, stall_reader, write_notes
 from tests.dashboard.conftest import SCRIPT, Blog, client_for, fill
+from tests.dashboard.test_system import sync_state
 
 
 def csrf_of(html: str) -> str:
@@ -232,18 +238,36 @@ async def test_dlq_retry_needs_csrf_and_is_carried_out(filled) -> None:
     assert statuses == {entries[0]: "retrying", entries[1]: "dead"}
 
 
-async def test_dlq_discard_all_of_a_filter(filled) -> None:
+async def test_dlq_bulk_discard_acts_on_the_listed_ids_only(filled) -> None:
     data, _ = filled
     async with client_for(create_app(data)) as client:
-        page = await client.get("/dlq")
-        form = {"csrf": csrf_of(page.text), "all": "1", "subscriber": "comments"}
-        response = await client.post("/dlq/discard", data=form, follow_redirects=False)
+        page = await client.get("/dlq", params={"limit": "1"})  # newest first: the second post
+        [listed] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        [ids] = re.findall(r'name="ids" value="([^"]*)"', page.text)[:1]
+        older = await client.get("/dlq", params={"limit": "1", "after": listed})
+        token = csrf_of(page.text)
+        response = await client.post(
+            "/dlq/discard", data={"csrf": token, "ids": ids}, follow_redirects=False
+        )
+        # A listed entry that is not dead any more: nothing is done, not even to the others.
+        [other] = re.findall(r'<tr data-entry="(\d+)">', older.text)
+        stale = await client.post(
+            "/dlq/retry",
+            data={"csrf": token, "ids": f"{other},{listed}"},
+            headers={"accept": "application/json"},
+        )
         after = await client.get("/dlq")
         discarded = await client.get("/dlq", params={"status": "discarded"})
+    assert "2 match, 1 shown (newest first)" in page.text
+    assert ids == listed
+    assert int(other) < int(listed)
     assert response.status_code == 303
-    assert "discarded+2+entries" in response.headers["location"]
-    assert "No open entries" in after.text
-    assert len(re.findall(r'<tr data-entry="', discarded.text)) == 2
+    assert f"discarded+1+entry+%28{listed}%29" in response.headers["location"]
+    assert stale.status_code == 409
+    assert f"DLQ entry {listed} is discarded, not dead" in stale.json()["message"]
+    assert re.findall(r'<tr data-entry="(\d+)">', after.text) == [other]
+    assert "1 match, 1 shown" in after.text
+    assert re.findall(r'<tr data-entry="(\d+)">', discarded.text) == [listed]
 
 
 async def test_dlq_entry_page_shows_attempts(filled) -> None:
@@ -259,7 +283,10 @@ async def test_dlq_entry_page_shows_attempts(filled) -> None:
 async def test_subscribers_analytics_and_system(filled) -> None:
     data, _ = filled
     store = await StateStore.open(data / "state.db")
-    await store.set_value("sync.redis", {"position": 4, "lag": 0})
+    await store.set_value(
+        "sync.status.redis",
+        {"kind": "redis", "connected": True, "cursor": 4, "running": True, "updated": time.time()},
+    )
     await store.close()
     async with client_for(create_app(data)) as client:
         subs = await client.get("/subscribers")
@@ -280,8 +307,8 @@ async def test_subscribers_analytics_and_system(filled) -> None:
     assert len(handlers) == 2  # search and comments receive blog.post_created
     assert "2 tries: 2" in topic.text
     assert "1 try: 2" in topic.text
-    assert "sync.redis" in system.text
-    assert "position" in system.text
+    assert sync_state(system.text, "redis") == "connected"
+    assert "<th>cursor</th><td>4</td>" in system.text
     assert system.text.count("not configured") == 1  # the archive
 
 
@@ -353,3 +380,93 @@ async def test_fill_is_reusable(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert len(ids) == 2
+
+
+async def test_actions_from_another_origin_are_refused(filled) -> None:
+    data, _ = filled
+    async with client_for(create_app(data)) as client:
+        page = await client.get("/dlq")
+        [entry, _] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        form = {"id": entry, "csrf": csrf_of(page.text)}
+        other_port = await client.post(
+            "/dlq/discard", data=form, headers={"origin": "http://127.0.0.1:9999"}
+        )
+        by_referer = await client.post(
+            "/dlq/discard", data=form, headers={"referer": "http://127.0.0.1:9999/attack"}
+        )
+        opaque = await client.post("/dlq/discard", data=form, headers={"origin": "null"})
+        still = await client.get("/dlq")
+        own = await client.post(
+            "/dlq/discard",
+            data=form,
+            headers={"origin": "http://127.0.0.1", "accept": "application/json"},
+        )
+    for refused in (other_port, by_referer, opaque):
+        assert refused.status_code == 403
+    assert other_port.text.startswith(
+        "refused: a POST request from http://127.0.0.1:9999, not from this dashboard "
+        "(http://127.0.0.1)"
+    )
+    assert f'<tr data-entry="{entry}">' in still.text
+    assert own.json()["ids"] == [int(entry)]
+
+
+def _cookie_payload(set_cookie: str) -> str:
+    """What a page that receives the signed session cookie can read from it."""
+    value = set_cookie.split(";")[0].split("=", 1)[1].split(".")[0]
+    return base64.b64decode(value + "=" * (-len(value) % 4)).decode()
+
+
+async def test_cookies_hold_no_secret_a_reader_could_reuse(filled) -> None:
+    data, _ = filled
+    token = "t" * 20
+    async with client_for(create_app(data, token=token)) as client:
+        login = await client.get(f"/dlq?token={token}")
+        page = await client.get("/dlq")
+        readable = _cookie_payload(page.headers["set-cookie"])
+        # What the cookies hold, replayed as the CSRF token, does not pass.
+        [entry, _] = re.findall(r'<tr data-entry="(\d+)">', page.text)
+        sid = orjson.loads(readable)["sid"]
+        forged = await client.post(
+            "/dlq/discard",
+            data={"id": entry, "csrf": sid},
+            headers={"accept": "application/json"},
+        )
+    assert token not in login.headers["set-cookie"]
+    assert login.headers["set-cookie"].startswith("localbroker_token=")
+    assert csrf_of(page.text) not in readable
+    assert forged.status_code == 403
+
+
+class Shipped(Event, topic="order.shipped"):
+    n: int
+
+
+async def test_chain_ids_with_a_slash_are_linked_encoded(tmp_path: Path) -> None:
+    root = "orders/1700000000000-0"  # an id as inbound Redis events have
+    async with Broker(tmp_path) as broker:
+        await broker.publish(Shipped(n=0, id=root, correlation_id=root))
+        await broker.publish(Shipped(n=1, correlation_id=root, causation_id=root))
+    async with client_for(create_app(tmp_path)) as client:
+        events = await client.get("/events")
+        chain = await client.get("/chains/orders%2F1700000000000-0")
+        by_form = await client.get("/chains", params={"id": root})
+    assert 'href="/chains/orders%2F1700000000000-0"' in events.text
+    assert chain.status_code == 200
+    assert chain.text.count('class="node state-') == 2
+    assert by_form.status_code == 303
+    assert by_form.headers["location"] == "/chains/orders%2F1700000000000-0"
+
+
+async def test_a_chain_beyond_the_drawing_limit_says_how_much_is_drawn(tmp_path: Path) -> None:
+    size = CHAIN_DRAWN + 7
+    async with Broker(tmp_path) as broker:
+        first = await broker.publish(Shipped(n=0))
+        await broker.publish_many(
+            Shipped(n=n, correlation_id=first.id, causation_id=first.id) for n in range(1, size)
+        )
+    async with client_for(create_app(tmp_path)) as client:
+        page = await client.get(f"/chains/{first.id}")
+    assert f"{CHAIN_DRAWN} of {size} events shown in the drawing" in page.text
+    assert page.text.count('class="node state-') == CHAIN_DRAWN
+    assert page.text.count("<tr data-event-id=") == size
